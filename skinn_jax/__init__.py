@@ -1,0 +1,24 @@
+"""skinn-jax: a JAX-native, differentiable emulator of axisymmetric Jeans (JAM) stellar kinematics.
+
+The public interface (CONVENTIONS §7)::
+
+    import skinn_jax
+    emu = skinn_jax.Emulator.load()
+    emu.param_names
+    emu.vrms_map(p)          # (8,) or (B, 8) -> (551, 551) or (B, 551, 551), km/s
+    emu.vrms_at(p, x, y)     # galaxy-frame arcsec -> km/s
+"""
+
+from .params import PARAM_BOX, PARAM_NAMES, PARAM_UNITS, EmulatorParams, sample_params, validate_params
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PARAM_BOX",
+    "PARAM_NAMES",
+    "PARAM_UNITS",
+    "EmulatorParams",
+    "sample_params",
+    "validate_params",
+    "__version__",
+]

@@ -1,0 +1,138 @@
+"""The ``skinn-jax`` command line.
+
+Subcommands::
+
+    skinn-jax jam-map   [--params P0 ... P7] [--out map.png]       one JAM v_rms map, plotted
+    skinn-jax generate  --n N --seed S --out data/NAME [--workers W] [--scheduler ADDR]
+    skinn-jax mge-table                                              rebuild the MGE dispersion table
+    skinn-jax train     --config FILE [--max-steps N]                 train (resumable)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .params import PARAM_NAMES, PARAM_UNITS
+
+EXAMPLE_PARAMS = (1.2, 2.0, 0.8, 0.75, 0.9, 3.5, 0.1, 70.0)
+"""An ordinary lens (theta_E, gamma, q_mass, q_light, r_sersic, n_sersic, beta_z, inc_deg)."""
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate a JAM data set (resumable)")
+    p.add_argument("--n", type=int, required=True, help="number of maps")
+    p.add_argument("--seed", type=int, required=True, help="data-set seed")
+    p.add_argument("--out", type=Path, required=True, help="output directory, e.g. data/train")
+    p.add_argument("--workers", type=int, default=None, help="local processes (default: all cores)")
+    p.add_argument("--shard-size", type=int, default=50, help="maps per shard file")
+    p.add_argument("--scheduler", default=None, help="dask.distributed scheduler address")
+    p.add_argument("--n-radii", type=int, default=None, help="JAM polar grid: radii")
+    p.add_argument("--n-angles", type=int, default=None, help="JAM polar grid: angles")
+
+
+def _run_generate(args) -> int:
+    from skinn_jax.training.generate import generate
+    from skinn_jax.training.jam import DEFAULT_SETTINGS, JamSettings
+
+    settings = JamSettings(
+        n_radii=args.n_radii or DEFAULT_SETTINGS.n_radii,
+        n_angles=args.n_angles or DEFAULT_SETTINGS.n_angles,
+    )
+    ds = generate(args.out, args.n, args.seed, workers=args.workers, shard_size=args.shard_size,
+                  settings=settings, scheduler=args.scheduler)
+    m = ds.manifest
+    print(f"{ds.n_maps} maps in {args.out}; CPU {m['cpu_seconds']:.0f} s "
+          f"({m['cpu_seconds'] / max(ds.n_maps, 1):.3f} s/map)")
+    return 0
+
+
+def _add_jam_map(sub) -> None:
+    p = sub.add_parser("jam-map", help="compute and plot one JAM v_rms map")
+    p.add_argument("--params", type=float, nargs=8, default=EXAMPLE_PARAMS,
+                   metavar=tuple(n.upper() for n in PARAM_NAMES),
+                   help="the eight parameters in order " + ", ".join(
+                       f"{n} [{u}]" if u else n for n, u in zip(PARAM_NAMES, PARAM_UNITS,
+                                                                 strict=True)))
+    p.add_argument("--out", type=Path, default=Path("jam_map.png"), help="PNG to write")
+    p.add_argument("--npy", type=Path, default=None, help="also save the 551x551 map (.npy)")
+
+
+def _run_jam_map(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tqdm import tqdm
+
+    from skinn_jax.grid import HALF_WIDTH_ARCSEC, mirror_quadrant
+    from skinn_jax.training.jam import jam_quadrant
+
+    with tqdm(total=2, desc="JAM map", unit="step") as bar:
+        jam = jam_quadrant(np.asarray(args.params))
+        bar.update()
+        full = mirror_quadrant(jam.vrms)
+        fig, ax = plt.subplots(figsize=(5.5, 4.5))
+        ext = (-HALF_WIDTH_ARCSEC - 0.01, HALF_WIDTH_ARCSEC + 0.01) * 2
+        im = ax.imshow(full, origin="lower", extent=ext, cmap="viridis")
+        fig.colorbar(im, ax=ax, label=r"$v_{\rm rms}$ [km/s]")
+        ax.set_xlabel("x (major axis) [arcsec]")
+        ax.set_ylabel("y [arcsec]")
+        ax.set_title(", ".join(f"{n}={v:g}" for n, v in zip(PARAM_NAMES[:4], args.params,
+                                                           strict=False)), fontsize=8)
+        fig.tight_layout()
+        fig.savefig(args.out, dpi=120)
+        bar.update()
+    if args.npy:
+        np.save(args.npy, full)
+    print(f"wrote {args.out}: v_rms {full.min():.1f}-{full.max():.1f} km/s, "
+          f"{jam.n_zero} zero pixels in the quadrant, MGE errors light {jam.light_rel_error:.2e} "
+          f"mass {jam.mass_rel_error:.2e}")
+    return 0
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train an emulator network (resumable)")
+    p.add_argument("--config", type=Path, required=True, help="JSON training config")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many steps in this invocation (resume later)")
+
+
+def _run_train(args) -> int:
+    from skinn_jax.training.train import TrainConfig, train
+
+    result = train(TrainConfig.from_file(args.config), max_steps_this_run=args.max_steps)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def _run_mge_table(args) -> int:
+    from skinn_jax.training.mge import save_table
+
+    print(f"wrote {save_table()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="skinn-jax", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_jam_map(sub)
+    _add_generate(sub)
+    sub.add_parser("mge-table", help="rebuild training/mge_table.npz (a few minutes)")
+    _add_train(sub)
+    args = parser.parse_args(argv)
+    commands = {"jam-map": _run_jam_map, "generate": _run_generate, "mge-table": _run_mge_table,
+                "train": _run_train}
+    try:
+        return commands[args.command](args)
+    except ValueError as err:
+        print(f"skinn-jax {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

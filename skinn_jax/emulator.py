@@ -1,0 +1,163 @@
+"""``skinn_jax.Emulator``: the public interface of CONVENTIONS §7.
+
+::
+
+    emu = skinn_jax.Emulator.load()          # default checkpoint shipped in the package
+    emu.param_names                          # the eight names, in order
+    emu.vrms_map(p)                          # (8,) or (B, 8) -> (551, 551) or (B, 551, 551), km/s
+    emu.vrms_at(p, x, y)                     # galaxy-frame arcsec, any shape -> same shape, km/s
+
+Everything works under ``jax.jit``, ``jax.vmap`` and ``jax.grad``. Called eagerly (with concrete
+arrays), the methods validate the parameters (``ValueError`` naming the parameter, its value and
+range) and the coordinates (the emulator's field is |x|, |y| <= 5.5 arcsec).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .checkpoint import load_checkpoint
+from .grid import HALF_WIDTH_ARCSEC, QUADRANT_SIZE, mirror_quadrant, quadrant_coordinates
+from .networks import NetworkConfig, make_network, safe_sqrt_positive, velocity_scale
+from .params import PARAM_NAMES, normalise_params, validate_params
+
+DEFAULT_CHECKPOINT = "default"
+FIELD_TOLERANCE_ARCSEC = 1e-6
+
+
+def _is_concrete(*arrays) -> bool:
+    return not any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def checkpoint_dir() -> Path:
+    """Directory of the shipped checkpoints (``skinn_jax/checkpoints`` once installed)."""
+    try:
+        path = Path(str(resources.files("skinn_jax.checkpoints")))
+        if path.is_dir():
+            return path
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parents[1] / "checkpoints"  # running from a checkout
+
+
+def resolve_checkpoint(name_or_path: str | Path | None) -> Path:
+    """A shipped checkpoint by name (``"default"``, ``"cips"``, ``"pca"``) or a directory path."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_CHECKPOINT
+    candidate = Path(name_or_path)
+    if candidate.is_dir():
+        return candidate
+    shipped = checkpoint_dir() / str(name_or_path)
+    if shipped.is_dir():
+        return shipped
+    available = sorted(p.name for p in checkpoint_dir().iterdir() if p.is_dir()) if (
+        checkpoint_dir().is_dir()) else []
+    raise FileNotFoundError(
+        f"no checkpoint {name_or_path!r}: not a directory, and not one of the shipped "
+        f"checkpoints {available}"
+    )
+
+
+class Emulator:
+    """A trained emulator of JAM v_rms maps (km/s, fiducial distances of CONVENTIONS §4).
+
+    Attributes:
+        config: the network architecture.
+        variables: the Flax variables (float32 arrays).
+        metadata: the checkpoint's metadata (training data, metrics, versions).
+    """
+
+    def __init__(self, config: NetworkConfig, variables, metadata: dict | None = None):
+        self.config = config
+        self.variables = jax.tree_util.tree_map(jnp.asarray, variables)
+        self.metadata = metadata or {}
+        self._net = make_network(config)
+        self._grid_features = None
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Emulator:
+        """Load a checkpoint: the shipped default, a shipped one by name, or a directory."""
+        config, variables, metadata = load_checkpoint(resolve_checkpoint(path))
+        return cls(config, variables, metadata)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return PARAM_NAMES
+
+    # -- building blocks ----------------------------------------------------------------------
+
+    def features(self, x, y):
+        """Per-pixel features (..., K + 1) at galaxy-frame coordinates (arcsec)."""
+        return self._net.apply(self.variables, x, y, method="features")
+
+    def style(self, p):
+        """Style vector (..., K + 1) for parameters (..., 8) in physical units."""
+        return self._net.apply(self.variables, normalise_params(p), method="style")
+
+    def _velocity(self, p, u):
+        scale = velocity_scale(p).reshape(p.shape[:-1] + (1,) * (u.ndim - p.ndim + 1))
+        return scale * safe_sqrt_positive(u)
+
+    def _check(self, p, x=None, y=None):
+        if _is_concrete(p):
+            validate_params(np.asarray(p))
+        for name, c in (("x", x), ("y", y)):
+            if c is not None and _is_concrete(c):
+                c = np.asarray(c)
+                if not np.all(np.isfinite(c)):
+                    raise ValueError(f"{name} contains non-finite coordinates")
+                worst = float(np.max(np.abs(c), initial=0.0))
+                if worst > HALF_WIDTH_ARCSEC + FIELD_TOLERANCE_ARCSEC:
+                    raise ValueError(
+                        f"|{name}| = {worst:.4g} arcsec is outside the emulator's field: "
+                        f"allowed range [-{HALF_WIDTH_ARCSEC}, {HALF_WIDTH_ARCSEC}] arcsec"
+                    )
+
+    # -- public interface ----------------------------------------------------------------------
+
+    def vrms_at(self, p, x, y):
+        """v_rms (km/s) at galaxy-frame points.
+
+        Args:
+            p: parameters, shape (8,) or (B, 8), order of :attr:`param_names`.
+            x: galaxy-frame x along the projected major axis, arcsec, any shape S.
+            y: galaxy-frame y, arcsec, same shape S (broadcastable).
+
+        Returns:
+            shape S for p of shape (8,), (B, *S) for p of shape (B, 8).
+        """
+        self._check(p, x, y)
+        p = jnp.asarray(p, jnp.result_type(float))
+        x, y = jnp.broadcast_arrays(jnp.asarray(x, p.dtype), jnp.asarray(y, p.dtype))
+        feats = self.features(x, y)  # S + (K+1,)
+        style = self.style(p)  # (..., K+1)
+        u = jnp.einsum("...k,bk->b...", feats, style.reshape(-1, style.shape[-1]))
+        u = u.reshape(p.shape[:-1] + x.shape)
+        return self._velocity(p, u)
+
+    def grid_features(self):
+        """Features on the 276 x 276 quadrant grid, (276 * 276, K + 1), computed once."""
+        if self._grid_features is None:
+            x, y = quadrant_coordinates()
+            self._grid_features = jax.jit(self.features)(
+                jnp.asarray(x.ravel(), jnp.float32), jnp.asarray(y.ravel(), jnp.float32)
+            )
+        return self._grid_features
+
+    def vrms_quadrant(self, p):
+        """v_rms (km/s) on the quadrant ``[:276, :276]``: (8,) -> (276, 276), (B, 8) -> (B, ...)."""
+        self._check(p)
+        p = jnp.asarray(p, jnp.result_type(float))
+        style = self.style(p)
+        u = style @ self.grid_features().T.astype(style.dtype)
+        u = u.reshape(p.shape[:-1] + (QUADRANT_SIZE, QUADRANT_SIZE))
+        return self._velocity(p, u)
+
+    def vrms_map(self, p):
+        """Full 551 x 551 v_rms map (km/s): (8,) -> (551, 551), (B, 8) -> (B, 551, 551)."""
+        return mirror_quadrant(self.vrms_quadrant(p))

@@ -1,0 +1,242 @@
+"""The emulator networks (Flax): a CIPS-style pixel generator and a PCA baseline.
+
+Both networks map the *normalised* eight parameters (``params.normalise_params``, shape (B, 8))
+and galaxy-frame pixel coordinates (arcsec) to the normalised second moment
+
+    u(x, y; p) = v_rms(x, y; p)**2 / v_scale(p)**2,   v_scale(p) = 200 km/s * sqrt(theta_E / 1")
+
+(see :func:`velocity_scale`), as a low-rank product
+
+    u(x, y; p) = sum_k  h_k(x, y) * s_k(p)  +  s_0(p)
+
+of per-pixel features ``h`` (the generator G, a function of position only) and a style vector
+``s`` (the mapping network M, a function of the parameters only).
+
+CIPS (Anokhin et al. 2020), as SKiNN uses it, computes every pixel independently from a Fourier
+positional encoding plus a learned coordinate embedding, through fully connected layers whose
+weights are modulated by the style vector, with modulated "ToRGB" skip outputs. Here the
+modulation is kept only in the output layer (a modulated 1 x 1 projection without
+demodulation, exactly CIPS's ToRGB): the hidden layers are unmodulated, so the per-pixel
+features do not depend on the parameters. That is what makes a full map a matrix product
+(features on the fixed grid are computed once) and the network fast on a CPU, and it is exact
+network output at any coordinates (the coordinate embedding is a learned grid read by bilinear
+interpolation, continuous in position). Noise injection is left out: maps are deterministic.
+
+Physics built in (docs/architecture.md):
+
+* quadrant symmetry: features depend on ``x**2`` and ``y**2`` only (CONVENTIONS §5);
+* the sharp core (r_c = 0.08"): radius is warped as ``t = log(1 + r**2/r_c**2) / log(1 +
+  r_max**2/r_c**2)``, so a quarter of the feature resolution sits inside 0.3";
+* zero-valued regions: the network predicts the second moment, which crosses zero smoothly,
+  and ``v_rms = v_scale * sqrt(max(u, 0))`` (paper Sec. 4.1 sets negative output to zero).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .grid import HALF_WIDTH_ARCSEC, QUADRANT_SIZE
+from .profiles import R_CORE_ARCSEC
+
+R_MAX_ARCSEC = float(HALF_WIDTH_ARCSEC * 2**0.5)
+"""Largest radius in the map (its corner), arcsec."""
+VELOCITY_SCALE_KM_S = 200.0
+
+
+def velocity_scale(params):
+    """Physical velocity scale ``200 km/s * sqrt(theta_E / arcsec)``, shape ``params.shape[:-1]``.
+
+    For a power law ``v**2 ~ G M(<r) / r`` is ~ ``theta_E`` at ``r ~ theta_E``; dividing it out
+    leaves the network an O(1) target.
+    """
+    return VELOCITY_SCALE_KM_S * jnp.sqrt(params[..., 0])
+
+
+def safe_sqrt_positive(u):
+    """``sqrt(max(u, 0))`` with a finite (zero) gradient where ``u <= 0``."""
+    positive = u > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, u, 1.0)), 0.0)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Architecture hyper-parameters (stored in every checkpoint).
+
+    Attributes:
+        kind: ``"cips"`` (learned continuous pixel features) or ``"pca"`` (fixed PCA basis on the
+            quadrant grid, bilinear between pixels).
+        n_basis: number of per-pixel features / PCA components ``K``.
+        mapping_width: width of the mapping network M.
+        mapping_depth: number of hidden layers of M.
+        generator_width: width of the generator's per-pixel MLP (cips).
+        generator_depth: hidden layers of the per-pixel MLP (cips).
+        n_radial_frequencies: Fourier frequencies of the warped radius (cips).
+        n_angular_harmonics: harmonics ``cos(2 k theta)`` (cips).
+        embedding_shape: (radial, angular, channels) of the learned coordinate embedding (cips).
+    """
+
+    kind: str = "cips"
+    n_basis: int = 64
+    mapping_width: int = 256
+    mapping_depth: int = 4
+    generator_width: int = 128
+    generator_depth: int = 2
+    n_radial_frequencies: int = 16
+    n_angular_harmonics: int = 8
+    embedding_shape: tuple[int, int, int] = (64, 17, 16)
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NetworkConfig:
+        d = dict(d)
+        if "embedding_shape" in d:
+            d["embedding_shape"] = tuple(d["embedding_shape"])
+        return cls(**d)
+
+
+def polar_features(x, y):
+    """Warped radius ``t`` in [0, ~1] and ``cos(2 theta)``, smooth and even in x and y.
+
+    Args:
+        x, y: galaxy-frame coordinates, arcsec, same shape.
+
+    Returns:
+        ``(t, cos2theta, angle01)`` each of the input shape; ``angle01 = theta / (pi/2)`` with
+        ``theta = arctan2(|y|, |x|)`` for the embedding lookup.
+    """
+    r2 = x**2 + y**2
+    t = jnp.log1p(r2 / R_CORE_ARCSEC**2) / jnp.log1p(R_MAX_ARCSEC**2 / R_CORE_ARCSEC**2)
+    cos2 = (x**2 - y**2) / (r2 + 1e-12)
+    angle01 = jnp.arctan2(jnp.abs(y), jnp.abs(x) + 1e-12) / (jnp.pi / 2)
+    return t, cos2, angle01
+
+
+def bilinear_lookup(table, u, v):
+    """Bilinear interpolation of ``table`` (Nu, Nv, C) at ``u, v`` in [0, 1] (clipped) -> (..., C)."""
+    nu, nv, _ = table.shape
+    fu = jnp.clip(u, 0.0, 1.0) * (nu - 1)
+    fv = jnp.clip(v, 0.0, 1.0) * (nv - 1)
+    iu = jnp.clip(jnp.floor(fu).astype(jnp.int32), 0, nu - 2)
+    iv = jnp.clip(jnp.floor(fv).astype(jnp.int32), 0, nv - 2)
+    du = (fu - iu)[..., None]
+    dv = (fv - iv)[..., None]
+    return (
+        table[iu, iv] * (1 - du) * (1 - dv)
+        + table[iu + 1, iv] * du * (1 - dv)
+        + table[iu, iv + 1] * (1 - du) * dv
+        + table[iu + 1, iv + 1] * du * dv
+    )
+
+
+class MappingNetwork(nn.Module):
+    """M: normalised parameters (..., 8) -> style (..., K + 1)."""
+
+    config: NetworkConfig
+
+    @nn.compact
+    def __call__(self, p_norm):
+        h = p_norm
+        for _ in range(self.config.mapping_depth):
+            h = nn.silu(nn.Dense(self.config.mapping_width)(h))
+        return nn.Dense(self.config.n_basis + 1)(h)
+
+
+class CIPSGenerator(nn.Module):
+    """G: galaxy-frame coordinates (arcsec) -> per-pixel features (..., K)."""
+
+    config: NetworkConfig
+
+    @nn.compact
+    def __call__(self, x, y):
+        c = self.config
+        t, cos2, angle01 = polar_features(x, y)
+        k = jnp.arange(1, c.n_radial_frequencies + 1, dtype=t.dtype)
+        radial = jnp.concatenate(
+            [jnp.sin(jnp.pi * k * t[..., None]), jnp.cos(jnp.pi * k * t[..., None])], axis=-1
+        )
+        # cos(2 j theta) = T_j(cos 2 theta): Chebyshev recursion, smooth in (x, y)
+        harmonics = [jnp.ones_like(cos2), cos2]
+        for _ in range(c.n_angular_harmonics - 1):
+            harmonics.append(2 * cos2 * harmonics[-1] - harmonics[-2])
+        angular = jnp.stack(harmonics[1:], axis=-1)
+        embedding = self.param(
+            "coordinate_embedding", nn.initializers.normal(0.1), c.embedding_shape
+        )
+        learned = bilinear_lookup(embedding, t, angle01)
+        h = jnp.concatenate([t[..., None], radial, angular, learned], axis=-1)
+        for _ in range(c.generator_depth):
+            h = nn.silu(nn.Dense(c.generator_width)(h))
+        return nn.Dense(c.n_basis)(h)
+
+
+class CIPSNet(nn.Module):
+    """The CIPS-style emulator network: ``u = G(x, y) . M(p)[1:] + M(p)[0]``."""
+
+    config: NetworkConfig
+
+    def setup(self):
+        self.mapping = MappingNetwork(self.config)
+        self.generator = CIPSGenerator(self.config)
+
+    def features(self, x, y):
+        """Per-pixel features with a leading constant, (..., K + 1)."""
+        h = self.generator(x, y)
+        return jnp.concatenate([jnp.ones_like(h[..., :1]), h], axis=-1)
+
+    def style(self, p_norm):
+        """Style vector (..., K + 1) for normalised parameters (..., 8)."""
+        return self.mapping(p_norm)
+
+    def __call__(self, p_norm, x, y):
+        """u for every map in ``p_norm`` (B, 8) at every point of ``x, y`` (P,) -> (B, P)."""
+        return self.style(p_norm) @ self.features(x, y).T
+
+
+class PCANet(nn.Module):
+    """The baseline: a fixed PCA basis of the quadrant maps and an MLP for its coefficients.
+
+    The basis (``constants`` collection: ``mean`` and ``components`` on the 276 x 276 quadrant)
+    is computed from the training maps; between pixels it is interpolated bilinearly.
+    """
+
+    config: NetworkConfig
+
+    def setup(self):
+        self.mapping = MappingNetwork(self.config)
+        n = QUADRANT_SIZE
+        k = self.config.n_basis
+        self.basis = self.variable(
+            "constants", "basis", lambda: jnp.zeros((n, n, k + 1), jnp.float32)
+        )
+
+    def features(self, x, y):
+        # quadrant pixel [i, j] is at ((j - 275) * 0.02, (i - 275) * 0.02); fold onto x, y <= 0
+        col = (HALF_WIDTH_ARCSEC - jnp.abs(x)) / (HALF_WIDTH_ARCSEC)
+        row = (HALF_WIDTH_ARCSEC - jnp.abs(y)) / (HALF_WIDTH_ARCSEC)
+        return bilinear_lookup(self.basis.value, row, col)
+
+    def style(self, p_norm):
+        return self.mapping(p_norm)
+
+    def __call__(self, p_norm, x, y):
+        return self.style(p_norm) @ self.features(x, y).T
+
+
+def make_network(config: NetworkConfig) -> nn.Module:
+    """The Flax module for ``config.kind``."""
+    if config.kind == "cips":
+        return CIPSNet(config)
+    if config.kind == "pca":
+        return PCANet(config)
+    raise ValueError(f"unknown network kind {config.kind!r}; expected 'cips' or 'pca'")
+
+
+def count_parameters(tree) -> int:
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))

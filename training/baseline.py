@@ -1,0 +1,131 @@
+"""The PCA + MLP baseline emulator (``skinn-jax train-baseline``).
+
+A plain linear basis: the principal components of the normalised second-moment maps
+``u = (v_rms / v_scale)**2`` on the training quadrants, and a mapping network (the same
+:class:`skinn_jax.networks.MappingNetwork` as CIPS) that predicts ``[1, c_1 .. c_K]`` from the
+eight parameters. Because the components are orthonormal, the MSE on the coefficients is the
+pixel MSE of ``u`` within the basis. Exported behind the same :class:`skinn_jax.Emulator`
+interface (network kind ``"pca"``); between grid pixels its basis is interpolated bilinearly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from skinn_jax.checkpoint import save_checkpoint
+from skinn_jax.grid import QUADRANT_SIZE
+from skinn_jax.networks import NetworkConfig, count_parameters, make_network, velocity_scale
+from skinn_jax.params import normalise_params
+
+from .generate import DataSet
+from .train import full_map_errors, load_maps, predict_quadrants
+
+
+@dataclass
+class BaselineConfig:
+    train_data: str = "data/train"
+    val_data: str = "data/val"
+    n_train: int | None = None
+    n_val: int = 200
+    n_components: int = 40
+    n_pca_maps: int = 6000
+    steps: int = 20000
+    batch: int = 256
+    learning_rate: float = 2e-3
+    mapping_width: int = 256
+    mapping_depth: int = 4
+    seed: int = 0
+    export: str = "checkpoints/pca"
+
+
+def normalised_second_moment(params: np.ndarray, vrms: np.ndarray) -> np.ndarray:
+    scale = np.asarray(velocity_scale(params.astype(np.float64)))[:, None]
+    return ((vrms / scale) ** 2).astype(np.float32)
+
+
+def pca_basis(u: np.ndarray, k: int, seed: int = 0, power_iterations: int = 3):
+    """Mean (D,) and top-k orthonormal components (D, k) of rows of ``u`` (randomized SVD)."""
+    rng = np.random.default_rng(seed)
+    mean = u.mean(axis=0)
+    a = u - mean
+    y = a.T @ (a @ rng.standard_normal((a.shape[1], k + 20)).astype(np.float32))
+    for _ in range(power_iterations):
+        y, _ = np.linalg.qr(y)
+        y = a.T @ (a @ y)
+    q, _ = np.linalg.qr(y)
+    b = a @ q  # (N, k+20)
+    _, _, vt = np.linalg.svd(b, full_matrices=False)
+    return mean, (q @ vt.T)[:, :k]
+
+
+def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    t_cpu = time.process_time()
+    params_train, vrms_train, _ = load_maps(cfg.train_data, cfg.n_train)
+    params_val, vrms_val, _ = load_maps(cfg.val_data)
+    params_val, vrms_val = params_val[: cfg.n_val], vrms_val[: cfg.n_val]
+    n_pca = min(cfg.n_pca_maps, len(params_train))
+    u_pca = normalised_second_moment(params_train[:n_pca], vrms_train[:n_pca])
+    mean, comps = pca_basis(u_pca, cfg.n_components, cfg.seed)
+    del u_pca
+    coeffs = np.empty((len(params_train), cfg.n_components), np.float32)
+    for i in range(0, len(params_train), 2000):
+        u = normalised_second_moment(params_train[i : i + 2000], vrms_train[i : i + 2000])
+        coeffs[i : i + 2000] = (u - mean) @ comps
+    targets = np.concatenate([np.ones((len(coeffs), 1), np.float32), coeffs], axis=1)
+
+    config = NetworkConfig(kind="pca", n_basis=cfg.n_components,
+                           mapping_width=cfg.mapping_width, mapping_depth=cfg.mapping_depth)
+    net = make_network(config)
+    basis = np.concatenate([mean[:, None], comps], axis=1).reshape(
+        QUADRANT_SIZE, QUADRANT_SIZE, cfg.n_components + 1
+    ).astype(np.float32)
+    variables = net.init(jax.random.PRNGKey(cfg.seed), jnp.zeros((1, 8)), jnp.zeros(2),
+                         jnp.zeros(2))
+    constants = {"constants": {"basis": jnp.asarray(basis)}}
+    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, 300, cfg.steps,
+                                                  cfg.learning_rate * 0.01)
+    opt = optax.adamw(schedule, weight_decay=1e-6)
+    params = variables["params"]
+    opt_state = opt.init(params)
+    p_norm = np.asarray(normalise_params(params_train.astype(np.float32)))
+
+    @jax.jit
+    def step(params, opt_state, x, t):
+        def loss(q):
+            pred = net.apply({"params": q, **constants}, x, method="style")
+            return jnp.mean((pred - t) ** 2)
+
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    rng = np.random.default_rng(cfg.seed)
+    for _ in tqdm(range(cfg.steps), desc="train baseline", disable=not progress):
+        idx = rng.integers(0, len(p_norm), cfg.batch)
+        params, opt_state, _ = step(params, opt_state, p_norm[idx], targets[idx])
+    variables = {"params": params, **constants}
+    pred = predict_quadrants(net, variables, params_val)
+    e, abs_e = full_map_errors(pred, vrms_val)
+    metrics = {"val_median_abs_E": float(np.median(abs_e)),
+               "val_p95_abs_E": float(np.percentile(abs_e, 95)),
+               "val_median_E": float(np.median(e))}
+    cpu = time.process_time() - t_cpu
+    info = {
+        "training": {"config": cfg.__dict__, "cpu_seconds": cpu,
+                     "n_parameters": count_parameters(params)},
+        "data": {"train": {"path": cfg.train_data, "n_maps": len(params_train),
+                           "seed": DataSet(cfg.train_data).manifest["seed"]},
+                 "validation": {"path": cfg.val_data, "n_maps": len(params_val),
+                                "seed": DataSet(cfg.val_data).manifest["seed"]}},
+        "validation_metrics": metrics,
+    }
+    save_checkpoint(cfg.export, config, jax.tree_util.tree_map(np.asarray, variables), info)
+    return {**metrics, "cpu_seconds": cpu, "exported": cfg.export}

@@ -1,0 +1,274 @@
+"""JAM truth: v_rms maps from jampy on checked MGEs (CONVENTIONS §3).
+
+``jam_vrms(params, x, y)`` is the project's ground truth for the emulator. It calls jampy's
+``jam_axi_proj`` (``align='cyl'``, ``moment='zz'``, analytic line-of-sight integral, no PSF) on
+the checked multi-Gaussian expansions of :mod:`training.mge`, at the fiducial distances of
+CONVENTIONS §4 unless others are given.
+
+How a dense set of points is computed
+-------------------------------------
+jampy's cost is per evaluated point (an adaptive quadrature over ``N_light x N_mass`` Gaussian
+pairs), so like jampy itself we evaluate it exactly on a polar grid in elliptical coordinates
+(``n_radii`` log-spaced elliptical radii ``m = sqrt(x**2 + (y/q_light)**2)`` x ``n_angles``
+eccentric anomalies in [0, pi/2]) and interpolate. Unlike jampy's bilinear interpolation we
+interpolate ``v_rms**2`` with a bicubic spline in ``(ln m, angle)`` whose angular axis is extended
+by the map's mirror symmetries (``angle -> -angle`` and ``pi - angle``), which makes the
+interpolant smooth across the axes. ``JamSettings()`` (28 x 7 points) reproduces jampy's direct
+evaluation to ~0.003 km/s median per map; ``benchmarks/bench_generator.py`` measures it against
+tighter settings and tighter MGEs. Points closer to the centre than the grid's inner radius (the centre pixel) are
+evaluated directly. JAM is singular exactly at (0, 0): such points are moved to
+``(CENTRE_OFFSET_ARCSEC, 0)``.
+
+Zero and negative second moments
+--------------------------------
+For high ``beta_z`` and round light, the projected second moment can come out <= 0 in parts of
+the map (paper Sec. 4.1). jampy reports such points as exactly 0 km/s (it returns
+``sqrt(clip(v2, 0))``). We interpolate the clipped ``v_rms**2``, clip again and store those pixels
+as 0 km/s; :class:`JamMap` counts them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+from scipy.interpolate import RectBivariateSpline
+
+from skinn_jax.cosmology import FIDUCIAL, LensDistances, sigma_crit_msun_pc2
+from skinn_jax.grid import QUADRANT_SIZE, quadrant_coordinates
+from skinn_jax.params import validate_params
+
+from .mge import MGE, light_mge, mass_mge, plain_light_mge, plain_mass_mge
+
+CENTRE_OFFSET_ARCSEC = 1e-4
+"""JAM is singular at (0, 0): points there are evaluated at this offset along x."""
+
+
+@dataclass(frozen=True)
+class JamSettings:
+    """Accuracy settings of the polar interpolation grid.
+
+    Attributes:
+        n_radii: number of log-spaced elliptical radii.
+        n_angles: number of eccentric anomalies in [0, pi/2] (both ends included).
+        direct: evaluate jampy at every point (exact, slow: ~0.3-1.5 ms per point).
+    """
+
+    n_radii: int = 28
+    n_angles: int = 7
+    direct: bool = False
+
+
+DEFAULT_SETTINGS = JamSettings()
+
+
+class JamModel(NamedTuple):
+    """The MGE inputs of jampy for one parameter vector (units as jampy wants them).
+
+    Attributes:
+        surf_light: peak surface brightness of each light Gaussian (arbitrary units), ``(K_l,)``.
+        sigma_light: dispersions of the light Gaussians, arcsec, ``(K_l,)``.
+        q_light: observed axis ratio of the light (every Gaussian).
+        surf_mass: peak surface density of each mass Gaussian, Msun/pc^2, ``(K_m,)``.
+        sigma_mass: dispersions of the mass Gaussians, arcsec, ``(K_m,)``.
+        q_mass: observed axis ratio of the mass (every Gaussian).
+        beta_z: constant anisotropy.
+        inclination_deg: inclination, degrees.
+        distance_mpc: angular-diameter distance of the lens D_d, Mpc.
+        light_rel_error: checked MGE error of the light over 0.01-8 arcsec.
+        mass_rel_error: checked MGE error of the mass over 0.01-8 arcsec.
+    """
+
+    surf_light: np.ndarray
+    sigma_light: np.ndarray
+    q_light: float
+    surf_mass: np.ndarray
+    sigma_mass: np.ndarray
+    q_mass: float
+    beta_z: float
+    inclination_deg: float
+    distance_mpc: float
+    light_rel_error: float
+    mass_rel_error: float
+
+
+def jam_model(
+    params, distances: LensDistances = FIDUCIAL, *, plain_mge: bool = False
+) -> JamModel:
+    """Build and check the MGEs for one parameter vector of shape (8,).
+
+    Args:
+        params: the eight parameters (CONVENTIONS §1), validated against the training box.
+        distances: D_d, D_s, D_ds (Mpc) that set Sigma_crit and the arcsec -> pc scale.
+        plain_mge: use one plain ``mge_fit_1d`` per profile (20 Gaussians) instead of the
+            tabulated dispersions: the slow reference approach (still checked and reported).
+    """
+    p = validate_params(params)
+    if p.ndim != 1:
+        raise ValueError(f"jam_model takes one parameter vector of shape (8,), got {p.shape}")
+    theta_e, gamma, q_mass, q_light, r_sersic, n_sersic, beta_z, inc = (float(v) for v in p)
+    light: MGE = plain_light_mge(r_sersic, n_sersic) if plain_mge else light_mge(r_sersic, n_sersic)
+    mass: MGE = plain_mass_mge(gamma) if plain_mge else mass_mge(gamma)
+    kappa_amplitude = theta_e ** (gamma - 1.0) * (3.0 - gamma) / (1.0 + q_mass)
+    sigma_crit = sigma_crit_msun_pc2(distances.D_d, distances.D_s, distances.D_ds)
+    return JamModel(
+        surf_light=light.peak,
+        sigma_light=light.sigma_arcsec,
+        q_light=q_light,
+        surf_mass=mass.peak * kappa_amplitude * float(sigma_crit),
+        sigma_mass=mass.sigma_arcsec,
+        q_mass=q_mass,
+        beta_z=beta_z,
+        inclination_deg=inc,
+        distance_mpc=float(distances.D_d),
+        light_rel_error=light.max_rel_error,
+        mass_rel_error=mass.max_rel_error,
+    )
+
+
+def jampy_direct(model: JamModel, x: np.ndarray, y: np.ndarray, analytic_los: bool = True):
+    """jampy's ``jam_axi_proj`` v_rms (km/s) evaluated exactly at each point (no interpolation).
+
+    Args:
+        model: MGE inputs from :func:`jam_model`.
+        x, y: galaxy-frame coordinates, arcsec, 1-D of equal length, none exactly at (0, 0).
+        analytic_los: jampy's analytic line-of-sight integral (True, the truth) or its numerical
+            one (False; slow, used as an independent check).
+    """
+    from jampy.axi.jam_axi_proj import jam_axi_proj
+
+    x = np.asarray(x, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    kl, km = model.surf_light.size, model.surf_mass.size
+    # nrad * nang > number of points makes jampy evaluate every point directly; with
+    # analytic_los=False it integrates numerically on its own (nrad, nang) grid instead.
+    nrad, nang = (10**6, 10**6) if analytic_los else (60, 20)
+    with contextlib.redirect_stdout(io.StringIO()):
+        jam = jam_axi_proj(
+            model.surf_light, model.sigma_light, np.full(kl, model.q_light),
+            model.surf_mass, model.sigma_mass, np.full(km, model.q_mass),
+            model.inclination_deg, 0.0, model.distance_mpc, x, y,
+            align="cyl", moment="zz", beta=np.full(kl, model.beta_z),
+            analytic_los=analytic_los, plot=False, quiet=True, nrad=nrad, nang=nang,
+            interp=analytic_los,
+        )  # fmt: skip
+    return np.asarray(jam.model, dtype=float)
+
+
+def _mirror_angles(angles: np.ndarray, values: np.ndarray, k: int = 3):
+    """Extend samples on [0, pi/2] by f(-a) = f(a) and f(pi - a) = f(a) (k points each side)."""
+    ext_angles = np.concatenate([-angles[k:0:-1], angles, np.pi - angles[-2 : -k - 2 : -1]])
+    ext_values = np.concatenate([values[:, k:0:-1], values, values[:, -2 : -k - 2 : -1]], axis=1)
+    return ext_angles, ext_values
+
+
+def _elliptical_polar(x, y, q):
+    radius = np.hypot(x, y / q)
+    angle = np.arctan2(np.abs(y / q), np.abs(x))
+    return radius, angle
+
+
+def jam_vrms_squared_clipped(
+    model: JamModel, x: np.ndarray, y: np.ndarray, settings: JamSettings = DEFAULT_SETTINGS
+) -> np.ndarray:
+    """Clipped second moment ``max(v_rms**2, 0)`` (km^2/s^2) at galaxy-frame points ``x, y``."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    shape = np.broadcast_shapes(x.shape, y.shape)
+    x, y = (np.broadcast_to(v, shape).ravel() for v in (x, y))
+    at_centre = (x == 0) & (y == 0)
+    x = np.where(at_centre, CENTRE_OFFSET_ARCSEC, x)
+    n_grid = settings.n_radii * settings.n_angles
+    if settings.direct or x.size <= n_grid:
+        return (jampy_direct(model, x, y) ** 2).reshape(shape)
+
+    q = model.q_light
+    radius, angle = _elliptical_polar(x, y, q)
+    # Points inside the inner grid radius (at most a few pixels near the centre) go direct.
+    r_inner = max(0.01, float(np.min(radius[radius >= 0.01], initial=np.inf)))
+    inner = radius < r_inner
+    log_r = np.linspace(np.log(0.95 * r_inner), np.log(1.01 * radius.max()), settings.n_radii)
+    angles = np.linspace(0.0, np.pi / 2, settings.n_angles)
+    lr, an = np.meshgrid(log_r, angles, indexing="ij")
+    grid_x = np.exp(lr) * np.cos(an)
+    grid_y = np.exp(lr) * np.sin(an) * q
+    v2_grid = jampy_direct(model, grid_x.ravel(), grid_y.ravel()).reshape(lr.shape) ** 2
+    ext_angles, ext_v2 = _mirror_angles(angles, v2_grid)
+    spline = RectBivariateSpline(log_r, ext_angles, ext_v2, kx=3, ky=3)
+    out = np.empty(x.size)
+    outer = ~inner
+    out[outer] = spline(np.log(radius[outer]), angle[outer], grid=False)
+    if inner.any():
+        out[inner] = jampy_direct(model, x[inner], y[inner]) ** 2
+    return np.clip(out, 0.0, None).reshape(shape)
+
+
+def jam_vrms(
+    params,
+    x,
+    y,
+    distances: LensDistances = FIDUCIAL,
+    settings: JamSettings = DEFAULT_SETTINGS,
+) -> np.ndarray:
+    """JAM v_rms (km/s) at galaxy-frame points: the emulator's truth.
+
+    Args:
+        params: the eight parameters, shape (8,), in the order of ``skinn_jax.PARAM_NAMES``.
+        x: galaxy-frame x (along the projected major axis), arcsec, any shape.
+        y: galaxy-frame y, arcsec, broadcastable with ``x``.
+        distances: lens distances (Mpc); default the fiducial ones of CONVENTIONS §4.
+        settings: accuracy settings of the polar interpolation grid.
+
+    Returns:
+        v_rms in km/s with the broadcast shape of ``x`` and ``y``; 0 where JAM's second moment
+        is <= 0.
+
+    Raises:
+        ValueError: parameters outside the training box or non-finite.
+        training.mge.MGEFitError: an MGE that does not reproduce its profile to 0.5 %.
+    """
+    model = jam_model(params, distances)
+    return np.sqrt(jam_vrms_squared_clipped(model, x, y, settings))
+
+
+class JamMap(NamedTuple):
+    """A quadrant map of JAM truth and what is known about it.
+
+    Attributes:
+        vrms: v_rms (km/s) on the 276 x 276 quadrant of CONVENTIONS §5, float64.
+        n_zero: number of pixels whose second moment is <= 0 (stored as 0 km/s).
+        light_rel_error, mass_rel_error: checked MGE errors.
+        n_light, n_mass: number of Gaussians.
+    """
+
+    vrms: np.ndarray
+    n_zero: int
+    light_rel_error: float
+    mass_rel_error: float
+    n_light: int
+    n_mass: int
+
+
+def jam_quadrant(
+    params,
+    distances: LensDistances = FIDUCIAL,
+    settings: JamSettings = DEFAULT_SETTINGS,
+    *,
+    plain_mge: bool = False,
+) -> JamMap:
+    """JAM v_rms on the quadrant ``[:276, :276]`` (x <= 0, y <= 0) of the 551 x 551 map."""
+    model = jam_model(params, distances, plain_mge=plain_mge)
+    x, y = quadrant_coordinates()
+    v2 = jam_vrms_squared_clipped(model, x, y, settings)
+    assert v2.shape == (QUADRANT_SIZE, QUADRANT_SIZE)
+    return JamMap(
+        vrms=np.sqrt(v2),
+        n_zero=int(np.sum(v2 <= 0.0)),
+        light_rel_error=model.light_rel_error,
+        mass_rel_error=model.mass_rel_error,
+        n_light=int(model.surf_light.size),
+        n_mass=int(model.surf_mass.size),
+    )

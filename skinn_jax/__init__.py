@@ -9,7 +9,14 @@ The public interface (CONVENTIONS §7)::
     emu.vrms_at(p, x, y)     # galaxy-frame arcsec -> km/s
 """
 
-from .params import PARAM_BOX, PARAM_NAMES, PARAM_UNITS, EmulatorParams, sample_params, validate_params
+from .params import (
+    PARAM_BOX,
+    PARAM_NAMES,
+    PARAM_UNITS,
+    EmulatorParams,
+    sample_params,
+    validate_params,
+)
 
 __version__ = "0.1.0"
 

@@ -131,8 +131,12 @@ def load_checkpoint(path: str | Path) -> tuple[NetworkConfig, dict, dict]:
     config = NetworkConfig.from_dict(metadata["network"])
     net = make_network(config)
     abstract = jax.eval_shape(
-        lambda: net.init(jax.random.PRNGKey(0), np.zeros((1, 8), np.float32),
-                         np.zeros(1, np.float32), np.zeros(1, np.float32))
+        lambda: net.init(
+            jax.random.PRNGKey(0),
+            np.zeros((1, 8), np.float32),
+            np.zeros(1, np.float32),
+            np.zeros(1, np.float32),
+        )
     )
     try:
         variables = ocp.StandardCheckpointer().restore(path / WEIGHTS, abstract)

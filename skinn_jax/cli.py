@@ -4,8 +4,10 @@ Subcommands::
 
     skinn-jax jam-map   [--params P0 ... P7] [--out map.png]       one JAM v_rms map, plotted
     skinn-jax generate  --n N --seed S --out data/NAME [--workers W] [--scheduler ADDR]
-    skinn-jax mge-table                                              rebuild the MGE dispersion table
+    skinn-jax mge-table                                    rebuild the MGE dispersion table
     skinn-jax train     --config FILE [--max-steps N]                 train (resumable)
+    skinn-jax train-baseline [--n-train N] [--components K]           PCA + MLP baseline
+    skinn-jax evaluate  [NAME_OR_DIR ...] [--test data/test]          accuracy report in docs/
 """
 
 from __future__ import annotations
@@ -43,21 +45,36 @@ def _run_generate(args) -> int:
         n_radii=args.n_radii or DEFAULT_SETTINGS.n_radii,
         n_angles=args.n_angles or DEFAULT_SETTINGS.n_angles,
     )
-    ds = generate(args.out, args.n, args.seed, workers=args.workers, shard_size=args.shard_size,
-                  settings=settings, scheduler=args.scheduler)
+    ds = generate(
+        args.out,
+        args.n,
+        args.seed,
+        workers=args.workers,
+        shard_size=args.shard_size,
+        settings=settings,
+        scheduler=args.scheduler,
+    )
     m = ds.manifest
-    print(f"{ds.n_maps} maps in {args.out}; CPU {m['cpu_seconds']:.0f} s "
-          f"({m['cpu_seconds'] / max(ds.n_maps, 1):.3f} s/map)")
+    print(
+        f"{ds.n_maps} maps in {args.out}; CPU {m['cpu_seconds']:.0f} s "
+        f"({m['cpu_seconds'] / max(ds.n_maps, 1):.3f} s/map)"
+    )
     return 0
 
 
 def _add_jam_map(sub) -> None:
     p = sub.add_parser("jam-map", help="compute and plot one JAM v_rms map")
-    p.add_argument("--params", type=float, nargs=8, default=EXAMPLE_PARAMS,
-                   metavar=tuple(n.upper() for n in PARAM_NAMES),
-                   help="the eight parameters in order " + ", ".join(
-                       f"{n} [{u}]" if u else n for n, u in zip(PARAM_NAMES, PARAM_UNITS,
-                                                                 strict=True)))
+    p.add_argument(
+        "--params",
+        type=float,
+        nargs=8,
+        default=EXAMPLE_PARAMS,
+        metavar=tuple(n.upper() for n in PARAM_NAMES),
+        help="the eight parameters in order "
+        + ", ".join(
+            f"{n} [{u}]" if u else n for n, u in zip(PARAM_NAMES, PARAM_UNITS, strict=True)
+        ),
+    )
     p.add_argument("--out", type=Path, default=Path("jam_map.png"), help="PNG to write")
     p.add_argument("--npy", type=Path, default=None, help="also save the 551x551 map (.npy)")
 
@@ -82,24 +99,32 @@ def _run_jam_map(args) -> int:
         fig.colorbar(im, ax=ax, label=r"$v_{\rm rms}$ [km/s]")
         ax.set_xlabel("x (major axis) [arcsec]")
         ax.set_ylabel("y [arcsec]")
-        ax.set_title(", ".join(f"{n}={v:g}" for n, v in zip(PARAM_NAMES[:4], args.params,
-                                                           strict=False)), fontsize=8)
+        ax.set_title(
+            ", ".join(f"{n}={v:g}" for n, v in zip(PARAM_NAMES[:4], args.params, strict=False)),
+            fontsize=8,
+        )
         fig.tight_layout()
         fig.savefig(args.out, dpi=120)
         bar.update()
     if args.npy:
         np.save(args.npy, full)
-    print(f"wrote {args.out}: v_rms {full.min():.1f}-{full.max():.1f} km/s, "
-          f"{jam.n_zero} zero pixels in the quadrant, MGE errors light {jam.light_rel_error:.2e} "
-          f"mass {jam.mass_rel_error:.2e}")
+    print(
+        f"wrote {args.out}: v_rms {full.min():.1f}-{full.max():.1f} km/s, "
+        f"{jam.n_zero} zero pixels in the quadrant, MGE errors light {jam.light_rel_error:.2e} "
+        f"mass {jam.mass_rel_error:.2e}"
+    )
     return 0
 
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train an emulator network (resumable)")
     p.add_argument("--config", type=Path, required=True, help="JSON training config")
-    p.add_argument("--max-steps", type=int, default=None,
-                   help="stop after this many steps in this invocation (resume later)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stop after this many steps in this invocation (resume later)",
+    )
 
 
 def _run_train(args) -> int:
@@ -107,6 +132,52 @@ def _run_train(args) -> int:
 
     result = train(TrainConfig.from_file(args.config), max_steps_this_run=args.max_steps)
     print(json.dumps(result, indent=1))
+    return 0
+
+
+def _add_baseline(sub) -> None:
+    p = sub.add_parser("train-baseline", help="train the PCA + MLP baseline emulator")
+    p.add_argument("--train", default="data/train")
+    p.add_argument("--val", default="data/val")
+    p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--components", type=int, default=40)
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--export", default="checkpoints/pca")
+
+
+def _run_baseline(args) -> int:
+    from skinn_jax.training.baseline import BaselineConfig, train_baseline
+
+    cfg = BaselineConfig(
+        train_data=args.train,
+        val_data=args.val,
+        n_train=args.n_train,
+        n_components=args.components,
+        steps=args.steps,
+        export=args.export,
+    )
+    print(json.dumps(train_baseline(cfg), indent=1))
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate emulators on the held-out test set")
+    p.add_argument(
+        "emulators",
+        nargs="*",
+        default=["cips", "pca"],
+        help="shipped checkpoint names or checkpoint directories",
+    )
+    p.add_argument("--test", default="data/test")
+    p.add_argument("--n", type=int, default=None, help="first N test maps (default all)")
+    p.add_argument("--docs", type=Path, default=Path("docs"))
+
+
+def _run_evaluate(args) -> int:
+    from skinn_jax.training.evaluate import evaluate
+
+    results = evaluate(args.emulators, args.test, args.n, args.docs)
+    print(json.dumps(results, indent=1))
     return 0
 
 
@@ -124,9 +195,17 @@ def main(argv: list[str] | None = None) -> int:
     _add_generate(sub)
     sub.add_parser("mge-table", help="rebuild training/mge_table.npz (a few minutes)")
     _add_train(sub)
+    _add_baseline(sub)
+    _add_evaluate(sub)
     args = parser.parse_args(argv)
-    commands = {"jam-map": _run_jam_map, "generate": _run_generate, "mge-table": _run_mge_table,
-                "train": _run_train}
+    commands = {
+        "jam-map": _run_jam_map,
+        "generate": _run_generate,
+        "mge-table": _run_mge_table,
+        "train": _run_train,
+        "train-baseline": _run_baseline,
+        "evaluate": _run_evaluate,
+    }
     try:
         return commands[args.command](args)
     except ValueError as err:

@@ -55,8 +55,11 @@ def resolve_checkpoint(name_or_path: str | Path | None) -> Path:
     shipped = checkpoint_dir() / str(name_or_path)
     if shipped.is_dir():
         return shipped
-    available = sorted(p.name for p in checkpoint_dir().iterdir() if p.is_dir()) if (
-        checkpoint_dir().is_dir()) else []
+    available = (
+        sorted(p.name for p in checkpoint_dir().iterdir() if p.is_dir())
+        if (checkpoint_dir().is_dir())
+        else []
+    )
     raise FileNotFoundError(
         f"no checkpoint {name_or_path!r}: not a directory, and not one of the shipped "
         f"checkpoints {available}"
@@ -144,9 +147,11 @@ class Emulator:
         """Features on the 276 x 276 quadrant grid, (276 * 276, K + 1), computed once."""
         if self._grid_features is None:
             x, y = quadrant_coordinates()
-            self._grid_features = jax.jit(self.features)(
-                jnp.asarray(x.ravel(), jnp.float32), jnp.asarray(y.ravel(), jnp.float32)
-            )
+            # concrete even when first called inside a jit trace (the weights are constants)
+            with jax.ensure_compile_time_eval():
+                self._grid_features = jax.jit(self.features)(
+                    jnp.asarray(x.ravel(), jnp.float32), jnp.asarray(y.ravel(), jnp.float32)
+                )
         return self._grid_features
 
     def vrms_quadrant(self, p):

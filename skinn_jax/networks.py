@@ -119,7 +119,7 @@ def polar_features(x, y):
 
 
 def bilinear_lookup(table, u, v):
-    """Bilinear interpolation of ``table`` (Nu, Nv, C) at ``u, v`` in [0, 1] (clipped) -> (..., C)."""
+    """Bilinear interpolation of ``table`` (Nu, Nv, C) at ``u, v`` in [0, 1] (clipped)."""
     nu, nv, _ = table.shape
     fu = jnp.clip(u, 0.0, 1.0) * (nu - 1)
     fv = jnp.clip(v, 0.0, 1.0) * (nv - 1)

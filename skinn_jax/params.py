@@ -137,14 +137,16 @@ def validate_params(p, *, what: str = "parameters") -> np.ndarray:
                 lo_r, hi_r = R_SERSIC_RATIO_BOX
                 if not (lo_r - tol <= ratio <= hi_r + tol):
                     raise ValueError(
-                        f"r_sersic{where} = {value:.6g} arcsec gives r_sersic/theta_E = {ratio:.6g}, "
+                        f"r_sersic{where} = {value:.6g} arcsec gives "
+                        f"r_sersic/theta_E = {ratio:.6g}, "
                         f"outside the allowed range [{lo_r}, {hi_r}] "
                         f"(i.e. [{lo_r * row[0]:.6g}, {hi_r * row[0]:.6g}] arcsec)"
                     )
                 continue
             if not (low - tol * max(1.0, abs(low)) <= value <= high + tol * max(1.0, abs(high))):
                 raise ValueError(
-                    f"{name}{where} = {value:.6g} is outside the allowed range [{low:.6g}, {high:.6g}]"
+                    f"{name}{where} = {value:.6g} is outside the allowed range "
+                    f"[{low:.6g}, {high:.6g}]"
                 )
     return arr
 

@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-
 from skinn_jax.training.generate import DataSet, generate, map_params, sha256_file
 from skinn_jax.training.jam import JamSettings
 
@@ -72,9 +71,26 @@ def test_other_settings_refuse_to_mix(reference, tmp_path):
 
 def test_killed_run_resumes_bit_identically(reference, tmp_path):
     out = tmp_path / "ds"
-    cmd = [sys.executable, "-m", "skinn_jax.cli", "generate", "--n", str(N), "--seed", "11",
-           "--out", str(out), "--workers", "1", "--shard-size", str(SHARD), "--n-radii", "12",
-           "--n-angles", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "skinn_jax.cli",
+        "generate",
+        "--n",
+        str(N),
+        "--seed",
+        "11",
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--shard-size",
+        str(SHARD),
+        "--n-radii",
+        "12",
+        "--n-angles",
+        "4",
+    ]
     proc = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -93,9 +109,17 @@ def test_killed_run_resumes_bit_identically(reference, tmp_path):
 
 def test_dask_local_cluster_gives_identical_output(reference, tmp_path):
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
         out = tmp_path / "ds"
-        generate(out, N, seed=11, shard_size=SHARD, settings=COARSE,
-                 scheduler=cluster.scheduler_address, progress=False)
+        generate(
+            out,
+            N,
+            seed=11,
+            shard_size=SHARD,
+            settings=COARSE,
+            scheduler=cluster.scheduler_address,
+            progress=False,
+        )
     assert _hashes(out) == _hashes(reference)

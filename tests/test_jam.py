@@ -2,9 +2,6 @@
 
 import numpy as np
 import pytest
-
-from skinn_jax.cosmology import FIDUCIAL, lens_distances, vrms_distance_factor
-from skinn_jax.grid import quadrant_coordinates
 from skinn_jax.training import mge
 from skinn_jax.training.jam import (
     DEFAULT_SETTINGS,
@@ -14,6 +11,9 @@ from skinn_jax.training.jam import (
     jam_vrms,
     jampy_direct,
 )
+
+from skinn_jax.cosmology import FIDUCIAL, lens_distances, vrms_distance_factor
+from skinn_jax.grid import quadrant_coordinates
 
 TYPICAL = np.array([1.2, 2.0, 0.8, 0.75, 0.9, 3.5, 0.1, 70.0])
 
@@ -46,8 +46,16 @@ def test_mass_mge_reproduces_cored_power_law(gamma):
 
 @pytest.mark.parametrize(
     "r_sersic, n_sersic",
-    [(0.25, 2.0), (0.25, 2.004), (0.3, 2.3), (1.0, 2.0), (2.0, 2.0), (0.25, 4.0), (2.0, 4.0),
-     (0.6, 3.0)],
+    [
+        (0.25, 2.0),
+        (0.25, 2.004),
+        (0.3, 2.3),
+        (1.0, 2.0),
+        (2.0, 2.0),
+        (0.25, 4.0),
+        (2.0, 4.0),
+        (0.6, 3.0),
+    ],
 )
 def test_light_mge_reproduces_sersic(r_sersic, n_sersic):
     fit = mge.light_mge(r_sersic, n_sersic)

@@ -12,8 +12,16 @@ from skinn_jax.params import (
 
 
 def test_names_and_order():
-    assert PARAM_NAMES == ("theta_E", "gamma", "q_mass", "q_light", "r_sersic", "n_sersic",
-                           "beta_z", "inclination_deg")
+    assert PARAM_NAMES == (
+        "theta_E",
+        "gamma",
+        "q_mass",
+        "q_light",
+        "r_sersic",
+        "n_sersic",
+        "beta_z",
+        "inclination_deg",
+    )
     assert INCLINATION_MIN_DEG == pytest.approx(np.degrees(np.arccos(0.6)) + 2)
 
 
@@ -65,6 +73,10 @@ def test_named_container_round_trip_and_normalisation():
     n = normalise_params(p)
     assert n.shape == (5, 8)
     assert np.all(np.abs(n) <= 1 + 1e-12)
-    corners = np.array([[0.5, 1.5, 0.6, 0.6, 0.25, 2, -0.4, INCLINATION_MIN_DEG],
-                        [2.0, 2.5, 1.0, 1.0, 2.0, 4, 0.4, 90.0]])
+    corners = np.array(
+        [
+            [0.5, 1.5, 0.6, 0.6, 0.25, 2, -0.4, INCLINATION_MIN_DEG],
+            [2.0, 2.5, 1.0, 1.0, 2.0, 4, 0.4, 90.0],
+        ]
+    )
     np.testing.assert_allclose(normalise_params(corners), [[-1] * 8, [1] * 8], atol=1e-12)

@@ -81,17 +81,25 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
         coeffs[i : i + 2000] = (u - mean) @ comps
     targets = np.concatenate([np.ones((len(coeffs), 1), np.float32), coeffs], axis=1)
 
-    config = NetworkConfig(kind="pca", n_basis=cfg.n_components,
-                           mapping_width=cfg.mapping_width, mapping_depth=cfg.mapping_depth)
+    config = NetworkConfig(
+        kind="pca",
+        n_basis=cfg.n_components,
+        mapping_width=cfg.mapping_width,
+        mapping_depth=cfg.mapping_depth,
+    )
     net = make_network(config)
-    basis = np.concatenate([mean[:, None], comps], axis=1).reshape(
-        QUADRANT_SIZE, QUADRANT_SIZE, cfg.n_components + 1
-    ).astype(np.float32)
-    variables = net.init(jax.random.PRNGKey(cfg.seed), jnp.zeros((1, 8)), jnp.zeros(2),
-                         jnp.zeros(2))
+    basis = (
+        np.concatenate([mean[:, None], comps], axis=1)
+        .reshape(QUADRANT_SIZE, QUADRANT_SIZE, cfg.n_components + 1)
+        .astype(np.float32)
+    )
+    variables = net.init(
+        jax.random.PRNGKey(cfg.seed), jnp.zeros((1, 8)), jnp.zeros(2), jnp.zeros(2)
+    )
     constants = {"constants": {"basis": jnp.asarray(basis)}}
-    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, 300, cfg.steps,
-                                                  cfg.learning_rate * 0.01)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.learning_rate, min(300, cfg.steps // 10), cfg.steps, cfg.learning_rate * 0.01
+    )
     opt = optax.adamw(schedule, weight_decay=1e-6)
     params = variables["params"]
     opt_state = opt.init(params)
@@ -114,17 +122,30 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
     variables = {"params": params, **constants}
     pred = predict_quadrants(net, variables, params_val)
     e, abs_e = full_map_errors(pred, vrms_val)
-    metrics = {"val_median_abs_E": float(np.median(abs_e)),
-               "val_p95_abs_E": float(np.percentile(abs_e, 95)),
-               "val_median_E": float(np.median(e))}
+    metrics = {
+        "val_median_abs_E": float(np.median(abs_e)),
+        "val_p95_abs_E": float(np.percentile(abs_e, 95)),
+        "val_median_E": float(np.median(e)),
+    }
     cpu = time.process_time() - t_cpu
     info = {
-        "training": {"config": cfg.__dict__, "cpu_seconds": cpu,
-                     "n_parameters": count_parameters(params)},
-        "data": {"train": {"path": cfg.train_data, "n_maps": len(params_train),
-                           "seed": DataSet(cfg.train_data).manifest["seed"]},
-                 "validation": {"path": cfg.val_data, "n_maps": len(params_val),
-                                "seed": DataSet(cfg.val_data).manifest["seed"]}},
+        "training": {
+            "config": cfg.__dict__,
+            "cpu_seconds": cpu,
+            "n_parameters": count_parameters(params),
+        },
+        "data": {
+            "train": {
+                "path": cfg.train_data,
+                "n_maps": len(params_train),
+                "seed": DataSet(cfg.train_data).manifest["seed"],
+            },
+            "validation": {
+                "path": cfg.val_data,
+                "n_maps": len(params_val),
+                "seed": DataSet(cfg.val_data).manifest["seed"],
+            },
+        },
         "validation_metrics": metrics,
     }
     save_checkpoint(cfg.export, config, jax.tree_util.tree_map(np.asarray, variables), info)

@@ -81,8 +81,9 @@ def _write_npz_deterministic(path: Path, arrays: dict[str, np.ndarray]) -> None:
         for name, array in arrays.items():
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
-            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
-                        buf.getvalue())
+            zf.writestr(
+                zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue()
+            )
 
 
 def sha256_file(path: Path) -> str:
@@ -184,8 +185,12 @@ def _write_manifest(path: Path, manifest: dict) -> None:
 
 def _init_manifest(out: Path, n: int, seed: int, shard_size: int, settings: JamSettings) -> dict:
     manifest_path = out / MANIFEST
-    run = {"seed": seed, "shard_size": shard_size, "settings": asdict(settings),
-           "format_version": FORMAT_VERSION}
+    run = {
+        "seed": seed,
+        "shard_size": shard_size,
+        "settings": asdict(settings),
+        "format_version": FORMAT_VERSION,
+    }
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         old = {k: manifest[k] for k in run}
@@ -195,15 +200,26 @@ def _init_manifest(out: Path, n: int, seed: int, shard_size: int, settings: JamS
             )
         manifest["n_requested"] = max(n, manifest.get("n_requested", 0))
         return manifest
-    return {**run, "n_requested": n, "param_names": list(PARAM_NAMES),
-            "grid": {"quadrant": [QUADRANT_SIZE, QUADRANT_SIZE], "pixel_arcsec": 0.02,
-                     "x_le_0_y_le_0": True},
-            "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "shards": {}, "cpu_seconds": 0.0, "wall_seconds": 0.0}
+    return {
+        **run,
+        "n_requested": n,
+        "param_names": list(PARAM_NAMES),
+        "grid": {
+            "quadrant": [QUADRANT_SIZE, QUADRANT_SIZE],
+            "pixel_arcsec": 0.02,
+            "x_le_0_y_le_0": True,
+        },
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "shards": {},
+        "cpu_seconds": 0.0,
+        "wall_seconds": 0.0,
+    }
 
 
-def pending_tasks(out: Path, manifest: dict, n: int, seed: int, shard_size: int,
-                  settings: JamSettings) -> list[ShardTask]:
+def pending_tasks(
+    out: Path, manifest: dict, n: int, seed: int, shard_size: int, settings: JamSettings
+) -> list[ShardTask]:
     """Shards not yet finished or whose file fails its checksum (dropped from the manifest)."""
     tasks = []
     for shard, start in enumerate(range(0, n, shard_size)):
@@ -287,8 +303,11 @@ def generate(
         _write_npz_deterministic(tmp, result)
         os.replace(tmp, path)
         manifest["shards"][str(task.shard)] = {
-            "file": path.name, "sha256": sha256_file(path), "n_maps": task.stop - task.start,
-            "start": task.start, "cpu_seconds": cpu,
+            "file": path.name,
+            "sha256": sha256_file(path),
+            "n_maps": task.stop - task.start,
+            "start": task.start,
+            "cpu_seconds": cpu,
             "n_maps_with_zeros": int(np.sum(result["n_zero"] > 0)),
         }
         manifest["cpu_seconds"] += cpu

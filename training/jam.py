@@ -15,8 +15,8 @@ interpolate ``v_rms**2`` with a bicubic spline in ``(ln m, angle)`` whose angula
 by the map's mirror symmetries (``angle -> -angle`` and ``pi - angle``), which makes the
 interpolant smooth across the axes. ``JamSettings()`` (28 x 7 points) reproduces jampy's direct
 evaluation to ~0.003 km/s median per map; ``benchmarks/bench_generator.py`` measures it against
-tighter settings and tighter MGEs. Points closer to the centre than the grid's inner radius (the centre pixel) are
-evaluated directly. JAM is singular exactly at (0, 0): such points are moved to
+tighter settings and tighter MGEs. Points closer to the centre than the grid's inner radius
+(the centre pixel) are evaluated directly. JAM is singular exactly at (0, 0): such points are moved to
 ``(CENTRE_OFFSET_ARCSEC, 0)``.
 
 Zero and negative second moments
@@ -95,9 +95,7 @@ class JamModel(NamedTuple):
     mass_rel_error: float
 
 
-def jam_model(
-    params, distances: LensDistances = FIDUCIAL, *, plain_mge: bool = False
-) -> JamModel:
+def jam_model(params, distances: LensDistances = FIDUCIAL, *, plain_mge: bool = False) -> JamModel:
     """Build and check the MGEs for one parameter vector of shape (8,).
 
     Args:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy.optimize import nnls
+
 from skinn_jax.profiles import R_CORE_ARCSEC, sersic_b_np
 
 CHECK_RANGE_ARCSEC = (0.01, 8.0)
@@ -197,8 +198,11 @@ def build_table(progress: bool = True) -> dict[str, np.ndarray]:
 
     jobs = [("mass", g) for g in GAMMA_NODES] + [("light", n) for n in N_SERSIC_NODES]
     with cf.ProcessPoolExecutor() as pool:
-        results = list(tqdm(pool.map(_table_node, jobs), total=len(jobs), desc="MGE table",
-                            disable=not progress))
+        results = list(
+            tqdm(
+                pool.map(_table_node, jobs), total=len(jobs), desc="MGE table", disable=not progress
+            )
+        )
     mass = [r for (kind, _), r in zip(jobs, results, strict=True) if kind == "mass"]
     light = [r for (kind, _), r in zip(jobs, results, strict=True) if kind == "light"]
     mass_err, mass_sigma = zip(*mass, strict=True)
@@ -275,27 +279,52 @@ def mass_mge(gamma: float) -> MGE:
     )
 
 
+def sersic_total_flux(r_sersic: float, n_sersic: float) -> float:
+    """Total flux of a circular Sérsic, unit value at r_sersic: ``2 pi n R^2 e^b Γ(2n) / b^2n``."""
+    from scipy.special import gammaln
+
+    b = float(sersic_b_np(n_sersic))
+    return float(
+        2
+        * np.pi
+        * n_sersic
+        * r_sersic**2
+        * np.exp(b + gammaln(2 * n_sersic) - 2 * n_sersic * np.log(b))
+    )
+
+
+def mge_total_flux(mge: MGE) -> float:
+    """Total flux of a circular MGE, ``sum 2 pi peak sigma^2``."""
+    return float(np.sum(2 * np.pi * mge.peak * mge.sigma_arcsec**2))
+
+
 def light_mge(r_sersic: float, n_sersic: float) -> MGE:
-    """Checked MGE of the major-axis Sérsic profile (unit value at ``r_sersic``)."""
+    """Checked MGE of the major-axis Sérsic profile (unit value at ``r_sersic``).
+
+    Besides the profile over 0.01-8", the total flux must match the Sérsic's to 0.5 %: a tiny
+    Gaussian with a huge peak can hide between the fit radii and would wreck luminosity weights.
+    """
     table = load_table()
-    radii = np.geomspace(LIGHT_FIT_INNER_ARCSEC, light_fit_outer_radius(r_sersic, n_sersic),
-                         _N_FIT_RADII)
+    radii = np.geomspace(
+        LIGHT_FIT_INNER_ARCSEC, light_fit_outer_radius(r_sersic, n_sersic), _N_FIT_RADII
+    )
     candidates = [
         s * r_sersic
         for s in _node_sigmas(table["n_nodes"], table["light_sigma_over_r_sersic"], n_sersic)
     ]
-    return _checked_fit(
-        radii,
-        lambda r: sersic_shape(r / r_sersic, n_sersic),
-        candidates,
-        f"Sérsic light (r_sersic={r_sersic:.4g}, n_sersic={n_sersic:.4g})",
-    )
+    what = f"Sérsic light (r_sersic={r_sersic:.4g}, n_sersic={n_sersic:.4g})"
+    fit = _checked_fit(radii, lambda r: sersic_shape(r / r_sersic, n_sersic), candidates, what)
+    flux_error = mge_total_flux(fit) / sersic_total_flux(r_sersic, n_sersic) - 1.0
+    if not abs(flux_error) <= MAX_REL_ERROR:
+        raise MGEFitError(f"MGE of the {what} has a total flux off by {flux_error:.3%}")
+    return fit
 
 
 def plain_light_mge(r_sersic: float, n_sersic: float, ngauss: int = 20) -> MGE:
     """The plain approach (one ``mge_fit_1d`` per profile, 1e-10 range), checked: the baseline."""
-    radii = np.geomspace(LIGHT_FIT_INNER_ARCSEC, light_fit_outer_radius(r_sersic, n_sersic),
-                         _N_FIT_RADII)
+    radii = np.geomspace(
+        LIGHT_FIT_INNER_ARCSEC, light_fit_outer_radius(r_sersic, n_sersic), _N_FIT_RADII
+    )
     profile = lambda r: sersic_shape(r / r_sersic, n_sersic)  # noqa: E731
     peak, sigma = mge_fit_1d_quiet(radii, profile(radii), ngauss)
     return MGE(peak, sigma, max_relative_error((peak, sigma), profile))

@@ -47,7 +47,9 @@ class TrainConfig:
     train_data: str = "data/train"
     val_data: str = "data/val"
     n_train: int | None = None
-    """Use the first ``n_train`` maps (None: all finished maps when the run first starts)."""
+    """Use the first ``n_train`` maps. None: all maps finished when each invocation starts, so a
+    run can follow a data set that is still being generated (each segment is logged in
+    run_info.json; exact resumption then needs the same number of maps)."""
     n_val: int = 200
     network: NetworkConfig = field(default_factory=NetworkConfig)
     steps: int = 20000
@@ -73,7 +75,9 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(raw) - known
         if unknown:
-            raise ValueError(f"unknown training-config keys {sorted(unknown)}; known: {sorted(known)}")
+            raise ValueError(
+                f"unknown training-config keys {sorted(unknown)}; known: {sorted(known)}"
+            )
         if "network" in raw:
             raw["network"] = NetworkConfig.from_dict(raw["network"])
         return cls(**raw)
@@ -127,11 +131,13 @@ class PixelSampler:
         n_core = int(round(self.core_fraction * n))
         n_inner = int(round(self.inner_fraction * n))
         n_all = n - n_core - n_inner
-        return np.concatenate([
-            rng.integers(0, self.x.size, n_all),
-            rng.choice(self.inner, n_inner),
-            rng.choice(self.core, n_core),
-        ])
+        return np.concatenate(
+            [
+                rng.integers(0, self.x.size, n_all),
+                rng.choice(self.inner, n_inner),
+                rng.choice(self.core, n_core),
+            ]
+        )
 
 
 # -- model, loss, step -----------------------------------------------------------------------------
@@ -168,6 +174,12 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     )
 
 
+def ema_weights(state, decay: float):
+    """Bias-corrected exponential moving average of the weights (zero-initialised EMA)."""
+    correction = 1.0 - decay ** state["step"].astype(jnp.float32)
+    return jax.tree_util.tree_map(lambda e: e / correction, state["ema"])
+
+
 def make_train_step(net, optimizer, cfg: TrainConfig):
     def step(state, constants, p, x, y, v_true):
         loss, grads = jax.value_and_grad(loss_fn)(
@@ -178,8 +190,12 @@ def make_train_step(net, optimizer, cfg: TrainConfig):
         ema = jax.tree_util.tree_map(
             lambda e, q: cfg.ema_decay * e + (1 - cfg.ema_decay) * q, state["ema"], params
         )
-        return {"params": params, "opt_state": opt_state, "ema": ema,
-                "step": state["step"] + 1}, loss
+        return {
+            "params": params,
+            "opt_state": opt_state,
+            "ema": ema,
+            "step": state["step"] + 1,
+        }, loss
 
     return jax.jit(step, donate_argnums=(0,))
 
@@ -210,9 +226,7 @@ def predict_quadrants(net, variables, params: np.ndarray, batch: int = 64) -> np
     """Predicted v_rms quadrants (N, 276*276) for parameters (N, 8)."""
     sampler_x, sampler_y = (c.ravel().astype(np.float32) for c in quadrant_coordinates())
     feats = jax.jit(lambda v: net.apply(v, sampler_x, sampler_y, method="features"))(variables)
-    style_fn = jax.jit(
-        lambda v, p: net.apply(v, normalise_params(p), method="style")
-    )
+    style_fn = jax.jit(lambda v, p: net.apply(v, normalise_params(p), method="style"))
     out = np.empty((len(params), sampler_x.size), np.float32)
     for i in range(0, len(params), batch):
         p = jnp.asarray(params[i : i + batch], jnp.float32)
@@ -243,13 +257,22 @@ def init_state(net, optimizer, cfg: TrainConfig, constants=None):
     consts = {k: v for k, v in variables.items() if k != "params"}
     if constants is not None:
         consts = constants
-    state = {"params": params, "opt_state": optimizer.init(params), "ema": params,
-             "step": jnp.asarray(0, jnp.int32)}
+    state = {
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "ema": jax.tree_util.tree_map(jnp.zeros_like, params),
+        "step": jnp.asarray(0, jnp.int32),
+    }
     return state, consts
 
 
-def train(cfg: TrainConfig, progress: bool = True, max_steps_this_run: int | None = None,
-          constants=None, extra_info: dict | None = None) -> dict:
+def train(
+    cfg: TrainConfig,
+    progress: bool = True,
+    max_steps_this_run: int | None = None,
+    constants=None,
+    extra_info: dict | None = None,
+) -> dict:
     """Run (or resume) training; returns a summary dict. Exports the EMA weights at the end.
 
     Args:
@@ -268,9 +291,10 @@ def train(cfg: TrainConfig, progress: bool = True, max_steps_this_run: int | Non
     config_path = out / "config.json"
     if config_path.exists():
         saved = json.loads(config_path.read_text())
-        if saved != cfg.to_dict():
+        if saved != json.loads(json.dumps(cfg.to_dict())):
             raise ValueError(
-                f"{out} holds a run with another configuration; use another `out` or the same config"
+                f"{out} holds a run with another configuration; "
+                "use another `out` or the same config"
             )
     else:
         config_path.write_text(json.dumps(cfg.to_dict(), indent=1))
@@ -282,15 +306,20 @@ def train(cfg: TrainConfig, progress: bool = True, max_steps_this_run: int | Non
         out / "orbax", options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
     )
     run_info_path = out / "run_info.json"
-    run_info = json.loads(run_info_path.read_text()) if run_info_path.exists() else {
-        "cpu_seconds": 0.0, "wall_seconds": 0.0}
+    run_info = (
+        json.loads(run_info_path.read_text())
+        if run_info_path.exists()
+        else {"cpu_seconds": 0.0, "wall_seconds": 0.0}
+    )
     if manager.latest_step() is not None:
         state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
         if "n_train" not in run_info:
             raise ValueError(f"{out}: checkpoint without run_info.json; cannot resume safely")
-    n_train = run_info.get("n_train", cfg.n_train)
-    params_train, vrms_train, _ = load_maps(cfg.train_data, n_train)
+    params_train, vrms_train, _ = load_maps(cfg.train_data, cfg.n_train)
     run_info["n_train"] = len(params_train)
+    run_info.setdefault("segments", []).append(
+        {"start_step": int(state["step"]), "n_train": len(params_train)}
+    )
     params_val, vrms_val, nzero_val = load_maps(cfg.val_data, None)
     params_val, vrms_val = params_val[: cfg.n_val], vrms_val[: cfg.n_val]
 
@@ -300,17 +329,21 @@ def train(cfg: TrainConfig, progress: bool = True, max_steps_this_run: int | Non
     state = jax.device_put(state, replicated)
     consts = jax.device_put(consts, replicated)
 
-    log_path = out / "log.csv"
-    new_log = not log_path.exists()
-    log_file = open(log_path, "a", newline="")  # noqa: SIM115
-    writer = csv.writer(log_file)
-    if new_log:
-        writer.writerow(["step", "loss", "val_median_abs_E", "val_p95_abs_E", "val_median_E"])
-
     start = int(state["step"])
+    log_path = out / "log.csv"
+    header = ["step", "loss", "val_median_abs_E", "val_p95_abs_E", "val_median_E"]
+    # keep the log consistent with the checkpoint: drop rows a killed run wrote after it
+    kept = [r for r in _read_log(log_path) if int(r["step"]) <= start]
+    log_file = open(log_path, "w", newline="")  # noqa: SIM115
+    writer = csv.writer(log_file)
+    writer.writerow(header)
+    writer.writerows([[r[k] for k in header] for r in kept])
+    log_file.flush()
+
     stop = cfg.steps if max_steps_this_run is None else min(cfg.steps, start + max_steps_this_run)
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {out.name}", disable=not progress,
-               unit="step")
+    bar = tqdm(
+        total=cfg.steps, initial=start, desc=f"train {out.name}", disable=not progress, unit="step"
+    )
     t_wall, t_cpu = time.time(), time.process_time()
     losses = []
     summary = {}
@@ -326,22 +359,34 @@ def train(cfg: TrainConfig, progress: bool = True, max_steps_this_run: int | Non
         bar.update()
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            variables = {"params": state["ema"], **consts}
+            variables = {"params": ema_weights(state, cfg.ema_decay), **consts}
             pred = predict_quadrants(net, variables, params_val)
             e, abs_e = full_map_errors(pred, vrms_val)
-            summary = {"step": done, "val_median_abs_E": float(np.median(abs_e)),
-                       "val_p95_abs_E": float(np.percentile(abs_e, 95)),
-                       "val_median_E": float(np.median(e))}
-            writer.writerow([done, np.mean(losses[-cfg.eval_every:]), summary["val_median_abs_E"],
-                             summary["val_p95_abs_E"], summary["val_median_E"]])
+            summary = {
+                "step": done,
+                "val_median_abs_E": float(np.median(abs_e)),
+                "val_p95_abs_E": float(np.percentile(abs_e, 95)),
+                "val_median_E": float(np.median(e)),
+            }
+            writer.writerow(
+                [
+                    done,
+                    np.mean(losses[-cfg.eval_every :]),
+                    summary["val_median_abs_E"],
+                    summary["val_p95_abs_E"],
+                    summary["val_median_E"],
+                ]
+            )
             log_file.flush()
-            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.2e}",
-                            val_absE=f"{summary['val_median_abs_E']:.3f}")
+            bar.set_postfix(
+                loss=f"{np.mean(losses[-100:]):.2e}", val_absE=f"{summary['val_median_abs_E']:.3f}"
+            )
             plot_curve(log_path, out / "curve.png")
         elif done % 100 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-100:]):.2e}")
             writer.writerow([done, np.mean(losses[-100:]), "", "", ""])
         if done % cfg.checkpoint_every == 0 or done == stop:
+            log_file.flush()
             manager.save(done, args=ocp.args.StandardSave(state))
             manager.wait_until_finished()
             run_info["cpu_seconds"] += time.process_time() - t_cpu
@@ -354,24 +399,46 @@ def train(cfg: TrainConfig, progress: bool = True, max_steps_this_run: int | Non
     manager.close()
     finished = int(state["step"]) >= cfg.steps
     result = {"step": int(state["step"]), "finished": finished, **run_info, **summary}
-    if finished and cfg.export:
+    if cfg.export and summary:
         info = {
-            "training": {"config": cfg.to_dict(), "steps": int(state["step"]),
-                         "cpu_seconds": run_info["cpu_seconds"],
-                         "wall_seconds": run_info["wall_seconds"],
-                         "n_parameters": count_parameters(state["ema"]),
-                         "devices": [str(d) for d in jax.devices()]},
-            "data": {"train": {"path": cfg.train_data, "n_maps": run_info["n_train"],
-                               "seed": DataSet(cfg.train_data).manifest["seed"]},
-                     "validation": {"path": cfg.val_data, "n_maps": len(params_val),
-                                    "seed": DataSet(cfg.val_data).manifest["seed"]}},
+            "training": {
+                "config": cfg.to_dict(),
+                "steps": int(state["step"]),
+                "finished": finished,
+                "cpu_seconds": run_info["cpu_seconds"],
+                "wall_seconds": run_info["wall_seconds"],
+                "n_parameters": count_parameters(state["params"]),
+                "devices": [str(d) for d in jax.devices()],
+            },
+            "data": {
+                "train": {
+                    "path": cfg.train_data,
+                    "n_maps": run_info["n_train"],
+                    "seed": DataSet(cfg.train_data).manifest["seed"],
+                },
+                "validation": {
+                    "path": cfg.val_data,
+                    "n_maps": len(params_val),
+                    "seed": DataSet(cfg.val_data).manifest["seed"],
+                },
+            },
             "validation_metrics": summary,
             **(extra_info or {}),
         }
-        variables = jax.tree_util.tree_map(np.asarray, {"params": state["ema"], **consts})
+        variables = jax.tree_util.tree_map(
+            np.asarray, {"params": ema_weights(state, cfg.ema_decay), **consts}
+        )
         save_checkpoint(cfg.export, cfg.network, variables, info)
         result["exported"] = cfg.export
     return result
+
+
+def _read_log(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if r.get("step", "").isdigit()]
 
 
 def plot_curve(log_path: Path, png_path: Path) -> None:
@@ -381,13 +448,16 @@ def plot_curve(log_path: Path, png_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = list(csv.DictReader(open(log_path)))
+    rows = _read_log(log_path)
     if not rows:
         return
     step = np.array([int(r["step"]) for r in rows])
     loss = np.array([float(r["loss"]) for r in rows])
-    val = [(int(r["step"]), float(r["val_median_abs_E"]), float(r["val_p95_abs_E"]))
-           for r in rows if r["val_median_abs_E"]]
+    val = [
+        (int(r["step"]), float(r["val_median_abs_E"]), float(r["val_p95_abs_E"]))
+        for r in rows
+        if r["val_median_abs_E"]
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     axes[0].semilogy(step, loss)
     axes[0].set(xlabel="step", ylabel="training loss")

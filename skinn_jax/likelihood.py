@@ -1,0 +1,163 @@
+"""Gaussian kinematic likelihood (paper eq. 11, CONVENTIONS §6).
+
+``log L = -1/2 r^T C^{-1} r`` with ``r = v_pred - v_data``, evaluated as ``-1/2 |L^{-1} r|²``
+with the lower Cholesky factor ``L`` of ``C`` computed once when the data are built
+(:class:`skinn_jax.ifu.KinematicData`) and a triangular solve per call. No normalisation constant
+(it does not depend on the parameters).
+
+:class:`KinematicLikelihood` is built once from the data and a v_rms field and maps the thirteen
+parameters (eight emulator parameters, shape (8,), and a :class:`SkyParams` of the five of paper
+Table 2) to log L. It is a pure function of those parameters: ``jax.jit``, ``jax.grad`` and
+``jax.vmap`` apply directly::
+
+    lik = KinematicLikelihood(data, emu.vrms_at)
+    value = jax.jit(lik)(params, sky)
+    grads = jax.jit(jax.grad(lik, argnums=(0, 1)))(params, sky)
+    batch = jax.vmap(lik)(params_batch, sky_batch)
+
+Called eagerly with concrete values it first checks them (finite parameters, positive distances,
+centre inside the box the forward model was built for) and raises ``ValueError``; traced values
+are not checked.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+from jax.scipy.linalg import solve_triangular
+from jax.typing import ArrayLike
+
+from .forward import (
+    DEFAULT_CENTER_BOX,
+    DEFAULT_SUPERSAMPLING,
+    CenterBox,
+    ForwardModel,
+    SkyParams,
+    VrmsField,
+    build_forward_model_for_data,
+    check_sky_params,
+    predict_binned_vrms,
+)
+from .grid import HALF_WIDTH_ARCSEC
+from .ifu import KinematicData
+from .params import PARAM_NAMES
+
+__all__ = [
+    "KinematicLikelihood",
+    "SkyParams",
+    "gaussian_log_likelihood",
+    "split_theta",
+]
+
+THETA_NAMES: tuple[str, ...] = PARAM_NAMES + SkyParams._fields
+"""Names of the 13 parameters in the order of :func:`split_theta`."""
+
+
+def gaussian_log_likelihood(residual: ArrayLike, cholesky: ArrayLike) -> Array:
+    """``-1/2 r^T C^{-1} r`` from the lower Cholesky factor of ``C``.
+
+    Args:
+        residual: ``r``, shape ``(n,)`` or ``(..., n)``.
+        cholesky: lower-triangular ``L`` with ``L L^T = C``, shape ``(n, n)``.
+
+    Returns:
+        log L (without normalisation), shape ``residual.shape[:-1]``.
+    """
+    residual = jnp.asarray(residual)
+    chol = jnp.asarray(cholesky, dtype=residual.dtype)
+    batch = residual.shape[:-1]
+    columns = residual.reshape((-1, residual.shape[-1])).T
+    whitened = solve_triangular(chol, columns, lower=True)
+    return -0.5 * jnp.sum(whitened**2, axis=0).reshape(batch)
+
+
+def split_theta(theta: ArrayLike) -> tuple[Array, SkyParams]:
+    """Split a 13-vector (order :data:`THETA_NAMES`) into the eight parameters and sky params."""
+    theta = jnp.asarray(theta)
+    if theta.shape[-1] != 13:
+        raise ValueError(f"theta must end in dimension 13 ({THETA_NAMES}), got {theta.shape}")
+    return theta[..., :8], SkyParams.from_array(theta[..., 8:])
+
+
+def _check_params(params) -> None:
+    """Eager shape/finiteness check of concrete emulator parameters."""
+    if isinstance(params, jax.core.Tracer):
+        return
+    p = np.asarray(params, dtype=float)
+    if p.shape != (8,):
+        raise ValueError(f"params must have shape (8,) in the order {PARAM_NAMES}, got {p.shape}")
+    for name, value in zip(PARAM_NAMES, p, strict=True):
+        if not np.isfinite(value):
+            raise ValueError(f"parameter {name} = {value} is not finite")
+
+
+class KinematicLikelihood:
+    """Kinematic log-likelihood of binned IFU v_rms data for the 8 + 5 parameters.
+
+    Built once (eagerly) from the data and the field; afterwards a pure function of
+    ``(params, sky)``.
+
+    Args:
+        data: the binned kinematic data (grid, bin map, v_rms, covariance, PSF, ``z_d``).
+        vrms_at: galaxy-frame field ``vrms_at(params, x, y)`` in km/s at the fiducial
+            distances, e.g. ``skinn_jax.Emulator.load().vrms_at``.
+        supersampling, light, moment, convolution, center_box, field_half_width: forward-model
+            options, see :func:`skinn_jax.forward.build_forward_model`.
+
+    Attributes:
+        data: the data.
+        vrms_at: the field.
+        forward: the precomputed :class:`~skinn_jax.forward.ForwardModel`.
+    """
+
+    def __init__(
+        self,
+        data: KinematicData,
+        vrms_at: VrmsField,
+        *,
+        supersampling: int = DEFAULT_SUPERSAMPLING,
+        light: Literal["sersic", "herculens"] = "sersic",
+        moment: Literal["second", "first"] = "second",
+        convolution: Literal["fft", "direct"] = "fft",
+        center_box: CenterBox = DEFAULT_CENTER_BOX,
+        field_half_width: float = HALF_WIDTH_ARCSEC,
+    ) -> None:
+        if not isinstance(data, KinematicData):
+            raise ValueError(f"data must be a KinematicData, got {type(data).__name__}")
+        if not callable(vrms_at):
+            raise ValueError("vrms_at must be a callable vrms_at(params, x_gal, y_gal) -> km/s")
+        self.data = data
+        self.vrms_at = vrms_at
+        self.forward: ForwardModel = build_forward_model_for_data(
+            data,
+            supersampling=supersampling,
+            light=light,
+            moment=moment,
+            convolution=convolution,
+            center_box=center_box,
+            field_half_width=field_half_width,
+        )
+
+    def predict(self, params: ArrayLike, sky: SkyParams) -> Array:
+        """Predicted v_rms per bin, km/s, shape ``(n_bins,)``."""
+        _check_params(params)
+        check_sky_params(self.forward, sky)
+        return predict_binned_vrms(self.forward, self.vrms_at, params, sky, self.data.z_d)
+
+    def residual(self, params: ArrayLike, sky: SkyParams) -> Array:
+        """``v_pred - v_data`` per bin, km/s."""
+        pred = self.predict(params, sky)
+        return pred - jnp.asarray(self.data.vrms, dtype=pred.dtype)
+
+    def __call__(self, params: ArrayLike, sky: SkyParams) -> Array:
+        """log L (scalar) for the eight emulator parameters and the five sky parameters."""
+        return gaussian_log_likelihood(self.residual(params, sky), self.data.cholesky)
+
+    def from_theta(self, theta: ArrayLike) -> Array:
+        """log L from one 13-vector in the order of :data:`THETA_NAMES`."""
+        params, sky = split_theta(theta)
+        return self(params, sky)

@@ -1,0 +1,179 @@
+"""The Emulator interface (CONVENTIONS §7) and checkpoints, on a freshly initialised network.
+
+These tests check the machinery with the shipped architecture; the accuracy of the shipped
+weights is tested in test_shipped_checkpoint.py.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from skinn_jax.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from skinn_jax.emulator import Emulator
+from skinn_jax.grid import map_coordinates
+from skinn_jax.networks import NetworkConfig, make_network
+from skinn_jax.params import INCLINATION_MIN_DEG, PARAM_NAMES, sample_params
+
+P = np.array([1.2, 2.0, 0.8, 0.75, 0.9, 3.5, 0.1, 70.0])
+
+
+def _random_emulator(kind="cips", seed=0):
+    config = NetworkConfig(
+        kind=kind,
+        n_basis=8,
+        mapping_width=32,
+        mapping_depth=2,
+        generator_width=32,
+        embedding_shape=(16, 5, 4),
+    )
+    net = make_network(config)
+    variables = net.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8)), jnp.zeros(2), jnp.zeros(2))
+    # give the output layer a positive offset so that v_rms is non-zero everywhere
+    variables = jax.tree_util.tree_map(np.asarray, variables)
+    last = variables["params"]["mapping"][f"Dense_{config.mapping_depth}"]
+    last["bias"] = last["bias"].copy()
+    last["bias"][0] = 1.5
+    if kind == "pca":
+        rng = np.random.default_rng(seed)
+        variables["constants"]["basis"] = rng.uniform(
+            0.5, 1.0, variables["constants"]["basis"].shape
+        ).astype(np.float32)
+    return Emulator(config, variables), config, variables
+
+
+@pytest.fixture(scope="module")
+def emu():
+    return _random_emulator()[0]
+
+
+def test_param_names(emu):
+    assert emu.param_names == PARAM_NAMES
+
+
+def test_shapes_and_mirror_symmetry(emu):
+    m = np.asarray(emu.vrms_map(P))
+    assert m.shape == (551, 551)
+    np.testing.assert_array_equal(m, m[::-1, :])
+    np.testing.assert_array_equal(m, m[:, ::-1])
+    batch = np.asarray(emu.vrms_map(np.stack([P, P])))
+    assert batch.shape == (2, 551, 551)
+    np.testing.assert_allclose(batch[1], m, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["cips", "pca"])
+def test_vrms_map_and_vrms_at_agree_on_grid_points(kind):
+    emu = _random_emulator(kind)[0]
+    x, y = map_coordinates()
+    rng = np.random.default_rng(1)
+    i, j = rng.integers(0, 551, 300), rng.integers(0, 551, 300)
+    at = np.asarray(emu.vrms_at(P, x[i, j], y[i, j]))
+    m = np.asarray(emu.vrms_map(P))
+    np.testing.assert_allclose(at, m[i, j], rtol=2e-5, atol=1e-3)
+
+
+def test_vrms_at_shapes(emu):
+    x = np.linspace(-2, 2, 12).reshape(3, 4)
+    assert emu.vrms_at(P, x, x.T.reshape(3, 4)).shape == (3, 4)
+    assert emu.vrms_at(np.stack([P, P, P]), x, x).shape == (3, 3, 4)
+    assert emu.vrms_at(P, 0.3, -0.2).shape == ()
+
+
+def test_jit_vmap_grad(emu):
+    x = jnp.linspace(-1.0, 1.0, 7)
+    f = jax.jit(emu.vrms_at)
+    np.testing.assert_allclose(f(P, x, x), emu.vrms_at(P, x, x), rtol=1e-5)
+    ps = sample_params(np.random.default_rng(2), 4)
+    batched = jax.vmap(lambda p: emu.vrms_at(p, x, x))(jnp.asarray(ps, jnp.float32))
+    np.testing.assert_allclose(batched, emu.vrms_at(ps, x, x), rtol=1e-5)
+    maps = jax.jit(jax.vmap(emu.vrms_map))(jnp.asarray(ps[:2], jnp.float32))
+    assert maps.shape == (2, 551, 551)
+    g = jax.grad(lambda p: emu.vrms_at(p, x, x).sum())(jnp.asarray(P, jnp.float32))
+    assert g.shape == (8,) and np.all(np.isfinite(g))
+    gm = jax.grad(lambda p: emu.vrms_map(p)[200:260, 250:300].mean())(jnp.asarray(P, jnp.float32))
+    assert np.all(np.isfinite(gm))
+
+
+def test_gradients_finite_across_the_box_and_match_finite_differences(emu):
+    rng = np.random.default_rng(3)
+    lo = np.array([0.5, 1.5, 0.6, 0.6, 0.25, 2.0, -0.4, INCLINATION_MIN_DEG])
+    hi = np.array([2.0, 2.5, 1.0, 1.0, 1.0, 4.0, 0.4, 90.0])
+    corners = [np.where(rng.random(8) < 0.5, lo, hi) for _ in range(4)]
+    for c in corners:
+        c[4] = c[0] * (0.5 if rng.random() < 0.5 else 1.0)
+    points = list(sample_params(rng, 4)) + corners
+    x = jnp.asarray([-0.3, 0.0, 1.7, 4.9])
+    y = jnp.asarray([0.2, 0.0, -2.2, 5.4])
+    f = lambda p: jnp.sum(emu.vrms_at(p, x, y))  # noqa: E731
+    grad = jax.jit(jax.grad(f))
+    with jax.enable_x64(True):
+        emu64 = Emulator(
+            emu.config, jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), emu.variables)
+        )
+        # jitted, so that finite-difference steps just outside a box face are not rejected
+        f64 = jax.jit(lambda p: jnp.sum(emu64.vrms_at(p, x.astype(float), y.astype(float))))
+        grad64 = jax.jit(jax.grad(f64))
+        for p in points:
+            g = np.asarray(grad(jnp.asarray(p, jnp.float32)))
+            assert np.all(np.isfinite(g)), p
+            g64 = np.asarray(grad64(jnp.asarray(p)))
+            for k in range(8):
+                h = 1e-5 * max(1.0, abs(p[k]))
+                e = np.zeros(8)
+                e[k] = h
+                fd = (float(f64(jnp.asarray(p + e))) - float(f64(jnp.asarray(p - e)))) / (2 * h)
+                assert g64[k] == pytest.approx(fd, rel=1e-4, abs=1e-6)
+
+
+def test_eager_calls_validate(emu):
+    bad = P.copy()
+    bad[6] = 0.5
+    with pytest.raises(
+        ValueError, match=r"beta_z = 0.5 is outside the allowed range \[-0.4, 0.4\]"
+    ):
+        emu.vrms_map(bad)
+    bad[6] = np.nan
+    with pytest.raises(ValueError, match="beta_z = nan is not finite"):
+        emu.vrms_at(bad, 0.0, 0.0)
+    with pytest.raises(ValueError, match="outside the emulator's field"):
+        emu.vrms_at(P, np.array([0.0, 6.0]), np.array([0.0, 0.0]))
+    with pytest.raises(ValueError, match="shape"):
+        emu.vrms_map(P[:7])
+
+
+@pytest.mark.parametrize("kind", ["cips", "pca"])
+def test_checkpoint_round_trip_is_bit_exact(tmp_path, kind):
+    emu, config, variables = _random_emulator(kind, seed=4)
+    path = save_checkpoint(tmp_path / "ck", config, variables, {"note": "test"})
+    loaded = Emulator.load(path)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(variables),
+        jax.tree_util.tree_leaves(loaded.variables),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(loaded.vrms_map(P)), np.asarray(emu.vrms_map(P)))
+    assert loaded.metadata["note"] == "test"
+
+
+def test_corrupt_or_mismatched_checkpoints_fail_clearly(tmp_path):
+    _, config, variables = _random_emulator(seed=5)
+    path = save_checkpoint(tmp_path / "ck", config, variables, {})
+    meta = json.loads((path / "metadata.json").read_text())
+    meta["weights_sha256"] = "0" * 64
+    (path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(path)
+    meta["training_box"]["gamma"] = [1.0, 3.0]
+    (path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="box"):
+        load_checkpoint(path)
+    (path / "metadata.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not a skinn-jax checkpoint"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Emulator.load("no-such-checkpoint")

@@ -1,0 +1,244 @@
+"""Evaluation of emulators on the held-out test set (``skinn-jax evaluate``): paper Sec. 4.1.
+
+Per map, over all 551 x 551 pixels (the full map, from its quadrant with the right weights):
+``E = mean(pred - truth)`` and ``|E| = mean(|pred - truth|)`` in km/s; the same inside 2".
+Reported: median and 95th percentile of |E|, median and spread (half the 16-84 % range) of E,
+for all maps, maps with zero-valued truth pixels, and maps with ``beta_z > 0.3 or gamma < 1.6``.
+Writes ``docs/evaluation.md`` and figures in ``docs/figures/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from skinn_jax.emulator import Emulator
+from skinn_jax.grid import HALF_WIDTH_ARCSEC, QUADRANT_SIZE, mirror_quadrant, quadrant_coordinates
+from skinn_jax.params import PARAM_NAMES
+
+from .train import full_map_errors, load_maps
+
+TARGETS = {
+    "median_abs_E": 0.05,
+    "p95_abs_E": 0.25,
+    "median_E": 0.01,
+    "spread_E": 0.08,
+    "zero_median_abs_E": 0.2,
+    "zero_p95_abs_E": 0.8,
+    "hard_median_abs_E": 0.08,
+    "hard_p95_abs_E": 0.4,
+}
+PAPER = {
+    "median_abs_E": 0.6,
+    "p95_abs_E": 2.0,
+    "median_E": 0.16,
+    "spread_E": 0.88,
+    "zero_median_abs_E": 1.4,
+    "zero_p95_abs_E": 3.9,
+    "hard_median_abs_E": 0.9,
+    "hard_p95_abs_E": 3.1,
+}
+
+
+def predict(emu: Emulator, params: np.ndarray, batch: int = 32) -> np.ndarray:
+    out = np.empty((len(params), QUADRANT_SIZE * QUADRANT_SIZE), np.float32)
+    for i in range(0, len(params), batch):
+        out[i : i + batch] = np.asarray(emu.vrms_quadrant(params[i : i + batch])).reshape(
+            -1, QUADRANT_SIZE * QUADRANT_SIZE
+        )
+    return out
+
+
+def inner_errors(pred: np.ndarray, truth: np.ndarray, radius: float = 2.0):
+    """(E, |E|) per map over the full-map pixels inside ``radius`` arcsec."""
+    x, y = quadrant_coordinates()
+    inside = (np.hypot(x, y) < radius).ravel()
+    n = QUADRANT_SIZE
+    w = np.full((n, n), 4.0)
+    w[-1, :] = 2.0
+    w[:, -1] = 2.0
+    w[-1, -1] = 1.0
+    w = w.ravel() * inside
+    w /= w.sum()
+    diff = pred.astype(np.float64) - truth
+    return diff @ w, np.abs(diff) @ w
+
+
+def metrics(params, n_zero, e, abs_e, e_in, abs_e_in) -> dict:
+    hard = (params[:, 6] > 0.3) | (params[:, 1] < 1.6)
+    zero = n_zero > 0
+
+    def stats(mask):
+        if not mask.any():
+            return np.nan, np.nan
+        return float(np.median(abs_e[mask])), float(np.percentile(abs_e[mask], 95))
+
+    q16, q84 = np.percentile(e, [16, 84])
+    m = {
+        "n_maps": int(len(e)),
+        "median_abs_E": float(np.median(abs_e)),
+        "p95_abs_E": float(np.percentile(abs_e, 95)),
+        "max_abs_E": float(abs_e.max()),
+        "median_E": float(np.median(e)),
+        "spread_E": float((q84 - q16) / 2),
+        "inner2_median_abs_E": float(np.median(abs_e_in)),
+        "inner2_p95_abs_E": float(np.percentile(abs_e_in, 95)),
+        "inner2_median_E": float(np.median(e_in)),
+        "n_zero_maps": int(zero.sum()),
+        "n_hard_maps": int(hard.sum()),
+    }
+    m["zero_median_abs_E"], m["zero_p95_abs_E"] = stats(zero)
+    m["hard_median_abs_E"], m["hard_p95_abs_E"] = stats(hard)
+    return m
+
+
+def _figures(name, params, truth, pred, abs_e, e, outdir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    ext = [-HALF_WIDTH_ARCSEC, HALF_WIDTH_ARCSEC] * 2
+    files = []
+    # Fig. 2: typical and worst case
+    order = np.argsort(abs_e)
+    cases = [("typical", order[len(order) // 2]), ("worst", order[-1])]
+    fig, axes = plt.subplots(2, 4, figsize=(15, 7))
+    for row, (label, k) in enumerate(cases):
+        t = mirror_quadrant(truth[k].reshape(QUADRANT_SIZE, QUADRANT_SIZE))
+        pr = mirror_quadrant(pred[k].reshape(QUADRANT_SIZE, QUADRANT_SIZE))
+        res = pr - t
+        rel = np.where(t > 0, res / np.where(t > 0, t, 1), np.nan)
+        lim = np.max(np.abs(res))
+        for ax, img, title, kw in [
+            (axes[row, 0], t, "JAM truth [km/s]", {}),
+            (axes[row, 1], pr, f"{name} [km/s]", {"vmin": t.min(), "vmax": t.max()}),
+            (
+                axes[row, 2],
+                res,
+                "prediction - truth [km/s]",
+                {"cmap": "RdBu_r", "vmin": -lim, "vmax": lim},
+            ),
+            (axes[row, 3], rel, "relative residual", {"cmap": "RdBu_r"}),
+        ]:
+            im = ax.imshow(img, origin="lower", extent=ext, **kw)
+            ax.add_patch(plt.Circle((0, 0), 2.0, fill=False, color="k", lw=0.8))
+            ax.set_title(f"{label}: {title}", fontsize=9)
+            fig.colorbar(im, ax=ax, fraction=0.046)
+        axes[row, 0].set_ylabel(f"|E| = {abs_e[k]:.3f} km/s")
+    fig.tight_layout()
+    files.append(f"{name}_fig2_examples.png")
+    fig.savefig(outdir / files[-1], dpi=80)
+    plt.close(fig)
+    # Fig. 3: residual gallery
+    n_gal = min(30, len(pred))
+    fig, axes = plt.subplots(5, 6, figsize=(13, 11))
+    for ax, k in zip(axes.ravel(), range(n_gal), strict=False):
+        res = mirror_quadrant((pred[k] - truth[k]).reshape(QUADRANT_SIZE, QUADRANT_SIZE))
+        lim = max(np.max(np.abs(res)), 1e-3)
+        im = ax.imshow(res, origin="lower", extent=ext, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        ax.set_title(f"#{k} |E|={abs_e[k]:.3f}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"{name}: prediction - truth [km/s], first {n_gal} test maps")
+    fig.tight_layout()
+    files.append(f"{name}_fig3_gallery.png")
+    fig.savefig(outdir / files[-1], dpi=70)
+    plt.close(fig)
+    # Fig. 4: histograms
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes[0].hist(abs_e, bins=np.geomspace(max(abs_e.min(), 1e-4), abs_e.max() * 1.01, 50))
+    axes[0].set(xscale="log", xlabel="|E| [km/s]", ylabel="maps")
+    axes[1].hist(e, bins=60)
+    axes[1].set(xlabel="E [km/s]")
+    fig.tight_layout()
+    files.append(f"{name}_fig4_histograms.png")
+    fig.savefig(outdir / files[-1], dpi=90)
+    plt.close(fig)
+    # Fig. 5: |E| across parameter space
+    fig, axes = plt.subplots(2, 4, figsize=(14, 6))
+    for i, ax in enumerate(axes.ravel()):
+        v = params[:, i] / params[:, 0] if i == 4 else params[:, i]
+        ax.scatter(v, abs_e, s=4, alpha=0.6)
+        ax.set(yscale="log", xlabel="r_sersic/theta_E" if i == 4 else PARAM_NAMES[i])
+        if i % 4 == 0:
+            ax.set_ylabel("|E| [km/s]")
+    fig.tight_layout()
+    files.append(f"{name}_fig5_parameter_space.png")
+    fig.savefig(outdir / files[-1], dpi=80)
+    plt.close(fig)
+    return files
+
+
+def evaluate(
+    emulators: list[str],
+    test_data: str = "data/test",
+    n_maps: int | None = None,
+    docs: Path = Path("docs"),
+    figures: bool = True,
+) -> dict[str, dict]:
+    """Evaluate shipped checkpoints (names) or checkpoint directories; write the report."""
+    params, truth, n_zero = load_maps(test_data, n_maps)
+    results = {}
+    for name in emulators:
+        emu = Emulator.load(name)
+        pred = predict(emu, params)
+        e, abs_e = full_map_errors(pred, truth)
+        e_in, abs_e_in = inner_errors(pred, truth)
+        label = Path(name).name
+        results[label] = metrics(params, n_zero, e, abs_e, e_in, abs_e_in)
+        results[label]["n_train_maps"] = emu.metadata.get("data", {}).get("train", {}).get("n_maps")
+        if figures:
+            results[label]["figures"] = _figures(
+                label, params, truth, pred, abs_e, e, docs / "figures"
+            )
+    write_report(results, docs / "evaluation.md", test_data, len(params))
+    return results
+
+
+def write_report(results: dict, path: Path, test_data: str, n: int) -> None:
+    from .generate import DataSet
+
+    seed = DataSet(test_data).manifest["seed"]
+    names = list(results)
+    rows = [
+        ("median \\|E\\| [km/s]", "median_abs_E"),
+        ("95th pct \\|E\\|", "p95_abs_E"),
+        ("max \\|E\\|", "max_abs_E"),
+        ("median E", "median_E"),
+        ("spread of E (16-84 %/2)", "spread_E"),
+        ("zero-pixel maps: median \\|E\\|", "zero_median_abs_E"),
+        ("zero-pixel maps: 95th \\|E\\|", "zero_p95_abs_E"),
+        ("β_z > 0.3 or γ < 1.6: median \\|E\\|", "hard_median_abs_E"),
+        ("β_z > 0.3 or γ < 1.6: 95th \\|E\\|", "hard_p95_abs_E"),
+        ('inner 2": median \\|E\\|', "inner2_median_abs_E"),
+        ('inner 2": 95th \\|E\\|', "inner2_p95_abs_E"),
+    ]
+    lines = [
+        "# Emulator accuracy on the held-out test set",
+        "",
+        f"Test set `{test_data}` (seed {seed}, never used in training or model selection): {n} "
+        "full quadrant maps; metrics per map over all 551 x 551 pixels (paper Sec. 4.1).",
+        "Reproduce: `skinn-jax evaluate " + " ".join(names) + "`.",
+        "",
+        "| metric | " + " | ".join(names) + " | SKiNN (paper) | target |",
+        "|---|" + "---|" * (len(names) + 2),
+    ]
+    for label, key in rows:
+        vals = " | ".join(f"{results[nm].get(key, float('nan')):.4f}" for nm in names)
+        target = f"{'±' if key == 'median_E' else '≤ '}{TARGETS[key]}" if key in TARGETS else "–"
+        lines.append(f"| {label} | {vals} | {PAPER.get(key, '–')} | {target} |")
+    lines.append("")
+    for nm in names:
+        r = results[nm]
+        lines.append(
+            f"- `{nm}`: trained on {r.get('n_train_maps')} maps; {r['n_zero_maps']} test "
+            f"maps with zero-valued pixels, {r['n_hard_maps']} with β_z > 0.3 or γ < 1.6."
+        )
+        for f in r.get("figures", []):
+            lines.append(f"  ![{f}](figures/{f})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")

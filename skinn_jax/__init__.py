@@ -20,7 +20,18 @@ from .params import (
 
 __version__ = "0.1.0"
 
+from .emulator import Emulator  # noqa: E402  (after __version__: checkpoints record it)
+from .forward import SkyParams  # noqa: E402
+from .ifu import PSF, KinematicData, SpaxelGrid  # noqa: E402
+from .likelihood import KinematicLikelihood  # noqa: E402
+
 __all__ = [
+    "Emulator",
+    "KinematicData",
+    "KinematicLikelihood",
+    "PSF",
+    "SkyParams",
+    "SpaxelGrid",
     "PARAM_BOX",
     "PARAM_NAMES",
     "PARAM_UNITS",

@@ -49,3 +49,23 @@ def mirror_quadrant(quadrant):
     xp = np if isinstance(quadrant, np.ndarray) else __import__("jax.numpy").numpy
     top = xp.concatenate([quadrant, quadrant[..., :, -2::-1]], axis=-1)
     return xp.concatenate([top, top[..., -2::-1, :]], axis=-2)
+
+
+def mirror_index() -> np.ndarray:
+    """Flat quadrant index of every full-map pixel, shape (551, 551): ``full = q.ravel()[idx]``."""
+    i = np.arange(MAP_SIZE)
+    fold = np.where(i <= CENTRE_INDEX, i, 2 * CENTRE_INDEX - i)
+    return fold[:, None] * QUADRANT_SIZE + fold[None, :]
+
+
+def full_map_weights() -> np.ndarray:
+    """Weight of each quadrant pixel in a mean over the full map, shape (276, 276), sum 1.
+
+    Every quadrant pixel appears four times in the 551 x 551 map except the centre row and
+    column (twice) and the centre pixel (once).
+    """
+    w = np.full((QUADRANT_SIZE, QUADRANT_SIZE), 4.0)
+    w[-1, :] = 2.0
+    w[:, -1] = 2.0
+    w[-1, -1] = 1.0
+    return w / w.sum()

@@ -223,7 +223,10 @@ class PCANet(nn.Module):
         return bilinear_lookup(self.basis.value, row, col)
 
     def style(self, p_norm):
-        return self.mapping(p_norm)
+        # The mean map's coefficient is exactly 1: predicting it would put a large-norm,
+        # non-orthonormal direction into the coefficient loss.
+        coeffs = self.mapping(p_norm)[..., 1:]
+        return jnp.concatenate([jnp.ones_like(coeffs[..., :1]), coeffs], axis=-1)
 
     def __call__(self, p_norm, x, y):
         return self.style(p_norm) @ self.features(x, y).T

@@ -100,7 +100,7 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, cfg.learning_rate, min(300, cfg.steps // 10), cfg.steps, cfg.learning_rate * 0.01
     )
-    opt = optax.adamw(schedule, weight_decay=1e-6)
+    opt = optax.adam(schedule)
     params = variables["params"]
     opt_state = opt.init(params)
     p_norm = np.asarray(normalise_params(params_train.astype(np.float32)))

@@ -53,16 +53,7 @@ def predict(emu: Emulator, params: np.ndarray, batch: int = 32) -> np.ndarray:
 def inner_errors(pred: np.ndarray, truth: np.ndarray, radius: float = 2.0):
     """(E, |E|) per map over the full-map pixels inside ``radius`` arcsec."""
     x, y = quadrant_coordinates()
-    inside = (np.hypot(x, y) < radius).ravel()
-    n = QUADRANT_SIZE
-    w = np.full((n, n), 4.0)
-    w[-1, :] = 2.0
-    w[:, -1] = 2.0
-    w[-1, -1] = 1.0
-    w = w.ravel() * inside
-    w /= w.sum()
-    diff = pred.astype(np.float64) - truth
-    return diff @ w, np.abs(diff) @ w
+    return full_map_errors(pred, truth, mask=(np.hypot(x, y) < radius).ravel())
 
 
 def metrics(params, n_zero, e, abs_e, e_in, abs_e_in) -> dict:
@@ -173,12 +164,32 @@ def _figures(name, params, truth, pred, abs_e, e, outdir: Path) -> list[str]:
     return files
 
 
+def record_test_metrics(emu: Emulator, name: str, result: dict, test_data: str) -> None:
+    """Write the test-set metrics into the checkpoint's metadata (the weights are unchanged)."""
+    import json
+
+    from skinn_jax.emulator import resolve_checkpoint
+
+    from .generate import DataSet
+
+    path = resolve_checkpoint(name) / "metadata.json"
+    meta = json.loads(path.read_text())
+    meta["test_metrics"] = {k: v for k, v in result.items() if k != "figures"}
+    meta["data"]["test"] = {
+        "path": test_data,
+        "n_maps": result["n_maps"],
+        "seed": DataSet(test_data).manifest["seed"],
+    }
+    path.write_text(json.dumps(meta, indent=1, sort_keys=True))
+
+
 def evaluate(
     emulators: list[str],
     test_data: str = "data/test",
     n_maps: int | None = None,
     docs: Path = Path("docs"),
     figures: bool = True,
+    record: bool = False,
 ) -> dict[str, dict]:
     """Evaluate shipped checkpoints (names) or checkpoint directories; write the report."""
     params, truth, n_zero = load_maps(test_data, n_maps)
@@ -191,6 +202,8 @@ def evaluate(
         label = Path(name).name
         results[label] = metrics(params, n_zero, e, abs_e, e_in, abs_e_in)
         results[label]["n_train_maps"] = emu.metadata.get("data", {}).get("train", {}).get("n_maps")
+        if record:
+            record_test_metrics(emu, name, results[label], test_data)
         if figures:
             results[label]["figures"] = _figures(
                 label, params, truth, pred, abs_e, e, docs / "figures"

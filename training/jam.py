@@ -16,8 +16,8 @@ by the map's mirror symmetries (``angle -> -angle`` and ``pi - angle``), which m
 interpolant smooth across the axes. ``JamSettings()`` (28 x 7 points) reproduces jampy's direct
 evaluation to ~0.003 km/s median per map; ``benchmarks/bench_generator.py`` measures it against
 tighter settings and tighter MGEs. Points closer to the centre than the grid's inner radius
-(the centre pixel) are evaluated directly. JAM is singular exactly at (0, 0): such points are moved to
-``(CENTRE_OFFSET_ARCSEC, 0)``.
+(the centre pixel) are evaluated directly. JAM is singular exactly at (0, 0): such points are
+moved to ``(CENTRE_OFFSET_ARCSEC, 0)``.
 
 Zero and negative second moments
 --------------------------------

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from skinn_jax.checkpoint import save_checkpoint
-from skinn_jax.grid import QUADRANT_SIZE, quadrant_coordinates
+from skinn_jax.grid import QUADRANT_SIZE, full_map_weights, quadrant_coordinates
 from skinn_jax.networks import (
     NetworkConfig,
     count_parameters,
@@ -203,21 +203,22 @@ def make_train_step(net, optimizer, cfg: TrainConfig):
 # -- evaluation ------------------------------------------------------------------------------------
 
 
-def full_map_errors(pred_quadrant: np.ndarray, true_quadrant: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Paper Sec. 4.1 metrics over all 551 x 551 pixels from quadrants (..., 276*276).
+def full_map_errors(
+    pred_quadrant: np.ndarray, true_quadrant: np.ndarray, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, ...]:
+    """Paper Sec. 4.1 metrics over the 551 x 551 pixels of the full maps, from quadrants.
 
-    The full map repeats every quadrant pixel 4 times except the centre row and column (twice)
-    and the centre pixel (once): weight the quadrant accordingly instead of mirroring.
+    Args:
+        pred_quadrant, true_quadrant: (..., 276*276) km/s.
+        mask: optional (276*276,) bool, pixels to include (e.g. inside 2").
 
     Returns:
         ``(E, |E|)`` per map, km/s.
     """
-    n = QUADRANT_SIZE
-    w = np.full((n, n), 4.0)
-    w[-1, :] = 2.0
-    w[:, -1] = 2.0
-    w[-1, -1] = 1.0
-    w = (w / w.sum()).ravel()
+    w = full_map_weights().ravel()
+    if mask is not None:
+        w = w * mask
+        w = w / w.sum()
     diff = pred_quadrant.astype(np.float64) - true_quadrant.astype(np.float64)
     return diff @ w, np.abs(diff) @ w
 
@@ -363,7 +364,7 @@ def train(
             pred = predict_quadrants(net, variables, params_val)
             e, abs_e = full_map_errors(pred, vrms_val)
             summary = {
-                "step": done,
+                "val_step": done,
                 "val_median_abs_E": float(np.median(abs_e)),
                 "val_p95_abs_E": float(np.percentile(abs_e, 95)),
                 "val_median_E": float(np.median(e)),

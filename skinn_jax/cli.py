@@ -171,12 +171,17 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--test", default="data/test")
     p.add_argument("--n", type=int, default=None, help="first N test maps (default all)")
     p.add_argument("--docs", type=Path, default=Path("docs"))
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="write the test metrics into each checkpoint's metadata",
+    )
 
 
 def _run_evaluate(args) -> int:
     from skinn_jax.training.evaluate import evaluate
 
-    results = evaluate(args.emulators, args.test, args.n, args.docs)
+    results = evaluate(args.emulators, args.test, args.n, args.docs, record=args.record)
     print(json.dumps(results, indent=1))
     return 0
 

@@ -8,6 +8,8 @@ Subcommands::
     skinn-jax train     --config FILE [--max-steps N]                 train (resumable)
     skinn-jax train-baseline [--n-train N] [--components K]           PCA + MLP baseline
     skinn-jax evaluate  [NAME_OR_DIR ...] [--test data/test]          accuracy report in docs/
+    skinn-jax fit-mock  [--system K] [--mode joint|lensing|kinematics] [--out DIR]
+                        [--checkpoint PATH]             joint lensing + kinematics fit of a mock
 """
 
 from __future__ import annotations
@@ -142,6 +144,11 @@ def _add_baseline(sub) -> None:
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--components", type=int, default=40)
     p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=256, help="maps per step")
+    p.add_argument("--width", type=int, default=256, help="coefficient-MLP width")
+    p.add_argument("--depth", type=int, default=4, help="coefficient-MLP hidden layers")
+    p.add_argument("--learning-rate", type=float, default=2e-3, help="peak learning rate")
+    p.add_argument("--pca-maps", type=int, default=6000, help="maps used to fit the PCA basis")
     p.add_argument("--export", default="checkpoints/pca")
 
 
@@ -154,6 +161,11 @@ def _run_baseline(args) -> int:
         n_train=args.n_train,
         n_components=args.components,
         steps=args.steps,
+        batch=args.batch,
+        mapping_width=args.width,
+        mapping_depth=args.depth,
+        learning_rate=args.learning_rate,
+        n_pca_maps=args.pca_maps,
         export=args.export,
     )
     print(json.dumps(train_baseline(cfg), indent=1))
@@ -186,6 +198,121 @@ def _run_evaluate(args) -> int:
     return 0
 
 
+def _add_fit_mock(sub) -> None:
+    p = sub.add_parser(
+        "fit-mock",
+        help="build a mock lens system and fit it (MAP + NUTS); writes summary, corner, figures",
+    )
+    p.add_argument("--system", type=int, default=0, help="mock system number K (default 0)")
+    p.add_argument("--mode", default="joint", choices=["joint", "lensing", "kinematics"])
+    p.add_argument(
+        "--out", type=Path, default=None, help="output directory (default runs/fit-mock/K-MODE)"
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="emulator checkpoint name or directory (default: shipped)",
+    )
+    p.add_argument(
+        "--params-source",
+        default="auto",
+        choices=["auto", "test", "box"],
+        help="emulator parameters from the test set (data/test) or a seeded draw in the box",
+    )
+    p.add_argument("--test-set", type=Path, default=Path("data/test"))
+    p.add_argument("--warmup", type=int, default=None, help="NUTS warm-up iterations per chain")
+    p.add_argument("--samples", type=int, default=None, help="posterior draws per chain")
+    p.add_argument("--chains", type=int, default=2, help="number of chains (default 2)")
+    p.add_argument("--chunks", type=int, default=None, help="checkpointed sampling chunks")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="start again even if complete")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run_fit_mock(args) -> int:
+    import os
+    import time
+
+    # one host device per chain, before JAX starts its backend (parallel chains on CPU)
+    import numpyro
+
+    numpyro.set_host_device_count(max(args.chains, 1))
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+    import dataclasses
+
+    from skinn_jax.inference.fit import default_settings, fit
+    from skinn_jax.inference.mock_system import describe, make_mock_system, plot_mock_system
+    from skinn_jax.inference.model import (
+        SystemData,
+        build_setup,
+        load_emulator,
+        solver_start_from_truth,
+        truth_values,
+    )
+
+    t0 = time.perf_counter()
+    out = args.out or Path("runs") / "fit-mock" / f"{args.system}-{args.mode}"
+    out.mkdir(parents=True, exist_ok=True)
+    settings = default_settings(args.mode)
+    changes = {"num_chains": args.chains, "seed": args.seed, "progress_bar": not args.no_progress}
+    for name, value in (
+        ("num_warmup", args.warmup),
+        ("num_samples", args.samples),
+        ("sample_chunks", args.chunks),
+    ):
+        if value is not None:
+            changes[name] = value
+    settings = dataclasses.replace(settings, **changes)
+    print(
+        f"skinn-jax fit-mock: system {args.system}, mode {args.mode}, out {out}; "
+        f"{settings.num_chains} chains x ({settings.num_warmup} warm-up + {settings.num_samples} "
+        f"draws), dense mass matrix "
+        f"({'adapted' if settings.adapt_mass_matrix else 'Laplace'}), "
+        f"{jax.local_device_count()} host devices, float64",
+        flush=True,
+    )
+    system = make_mock_system(args.system, params_source=args.params_source, test_set=args.test_set)
+    print(describe(system), flush=True)
+    plot_mock_system(system, out / "mock.png")
+    data = SystemData.from_mock(system)
+    emulator = None
+    checkpoint_label = "none (lensing mode)"
+    if args.mode != "lensing":
+        emulator = load_emulator(args.checkpoint)
+        checkpoint_label = str(args.checkpoint or "default")
+    # the MAP starts at the truth (paper Sec. 5.3), and so does the lens solver's branch
+    setup = build_setup(
+        data, args.mode, emulator=emulator, solver_start=solver_start_from_truth(system)
+    )
+    truths = truth_values(system, args.mode)
+    meta = {
+        "label": f"mock system {args.system}",
+        "system": args.system,
+        "test_index": system.test_index,
+        "params_source": system.params_source,
+        "checkpoint": checkpoint_label,
+        "weights_sha256": (emulator.metadata.get("weights_sha256") if emulator else None),
+    }
+    result = fit(data, setup, out, init_values=truths, truths=truths, settings=settings, meta=meta)
+    print((out / "summary.md").read_text())
+    diag = result.report["diagnostics"]
+    wall = time.perf_counter() - t0
+    print(
+        f"wall time {wall:.0f} s; outputs in {out}: "
+        + ", ".join(["mock.png", "posterior.nc", "summary.md", "summary.csv", "corner.png"])
+        + ", fit.png, report.json"
+    )
+    if not diag["converged"]:
+        print(
+            "WARNING: the chains did not pass the convergence checks: " + "; ".join(diag["reasons"])
+        )
+    return 0
+
+
 def _run_mge_table(args) -> int:
     from skinn_jax.training.mge import save_table
 
@@ -202,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(sub)
     _add_baseline(sub)
     _add_evaluate(sub)
+    _add_fit_mock(sub)
     args = parser.parse_args(argv)
     commands = {
         "jam-map": _run_jam_map,
@@ -210,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": _run_train,
         "train-baseline": _run_baseline,
         "evaluate": _run_evaluate,
+        "fit-mock": _run_fit_mock,
     }
     try:
         return commands[args.command](args)

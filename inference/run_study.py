@@ -1,0 +1,386 @@
+"""The K-system study of issue 6 / paper Sec. 6: fits in three modes, Fig. 9, coverage, reweighting.
+
+::
+
+    python -m skinn_jax.inference.run_study --systems 0 1 2 3 4 5 6 7 8 9 \\
+        [--modes joint lensing kinematics] [--out runs/study] [--checkpoint PATH] \\
+        [--warmup N --samples N --chains N] [--reweight-systems 0 --reweight-draws 200] \\
+        [--figures docs/figures]
+
+For every system ``k`` (:func:`skinn_jax.inference.mock_system.make_mock_system`) and mode, a fit
+(:func:`skinn_jax.inference.fit.fit`, MAP + NUTS) into ``OUT/<k>/<mode>``; fits are restartable and
+a complete fit is loaded rather than redone, so the study can be stopped and resumed. Then:
+
+- **Fig. 9**: for each of the paper's 13 parameters, the draws minus the truth stacked over the
+  systems, one histogram per mode (``FIGURES/inference_study_fig9.png``);
+- **coverage**: per mode and parameter, the fraction of systems whose truth lies in the central
+  68 % and 95 % credible intervals, with its binomial error ``sqrt(p (1 - p) / K)``, and the mean
+  pull ``(mean - truth) / sd`` with its error ``1/sqrt(K)`` (target: coverage consistent with
+  nominal, |mean pull| of D_d and D_Δt < 0.3);
+- **what the kinematics add**: the posterior widths of D_d, D_Δt and γ, lensing-only vs joint;
+- **emulator error**: for the ``--reweight-systems``, joint-mode draws are importance-reweighted by
+  ``L_kin(JAM truth) / L_kin(emulator)``, with JAM truth recomputed at each draw's 13 parameters
+  (:func:`skinn_jax.inference.mock_kinematics.jam_truth_bins` at the draw's distances, through the
+  same forward model); reported: the effective sample size ``(Σw)²/Σw²`` and every parameter's
+  shift (weighted mean - mean) / sd;
+- **timings**: per system and mode, wall time, likelihood evaluations and time per evaluation.
+
+Everything is written to ``OUT/study.json`` and ``OUT/study.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .model import PAPER_PARAMETERS
+
+MODES = ("joint", "lensing", "kinematics")
+
+
+def _flat_draws(idata, name: str) -> np.ndarray | None:
+    post = idata.posterior
+    if name not in post:
+        return None
+    return np.asarray(post[name]).reshape(-1)
+
+
+def run_fits(args) -> dict:
+    """Fit every system in every mode (or load complete fits). Returns ``{k: {mode: result}}``."""
+    import jax
+
+    from .fit import default_settings, fit
+    from .mock_system import make_mock_system, plot_mock_system
+    from .model import (
+        SystemData,
+        build_setup,
+        load_emulator,
+        solver_start_from_truth,
+        truth_values,
+    )
+
+    emulator = load_emulator(args.checkpoint) if set(args.modes) - {"lensing"} else None
+    results: dict = {}
+    for k in args.systems:
+        system = make_mock_system(k, params_source=args.params_source, test_set=args.test_set)
+        if args.figures:
+            plot_mock_system(system, Path(args.figures) / f"inference_mock_{k}.png")
+        data = SystemData.from_mock(system)
+        results[k] = {"system": system}
+        for mode in args.modes:
+            settings = default_settings(mode)
+            changes = {"num_chains": args.chains, "progress_bar": not args.no_progress}
+            if args.warmup is not None:
+                changes["num_warmup"] = args.warmup
+            if args.samples is not None:
+                changes["num_samples"] = args.samples
+            settings = dataclasses.replace(settings, **changes)
+            setup = build_setup(
+                data,
+                mode,
+                emulator=emulator if mode != "lensing" else None,
+                solver_start=solver_start_from_truth(system),
+            )
+            truths = truth_values(system, mode)
+            t0 = time.perf_counter()
+            result = fit(
+                data,
+                setup,
+                Path(args.out) / str(k) / mode,
+                init_values=truths,
+                truths=truths,
+                settings=settings,
+                meta={
+                    "label": f"mock system {k}",
+                    "system": k,
+                    "checkpoint": str(args.checkpoint or "default"),
+                    # the weights' hash, so that a retrained emulator never reuses an old fit
+                    "weights_sha256": emulator.metadata.get("weights_sha256") if emulator else None,
+                },
+            )
+            results[k][mode] = {
+                "result": result,
+                "setup": setup,
+                "data": data,
+                "truths": truths,
+                "wall_s": time.perf_counter() - t0,
+            }
+            jax.clear_caches()
+    return results
+
+
+def coverage_table(results: dict, modes) -> dict:
+    """Coverage (68 %, 95 %) with binomial errors and mean pulls, per mode and parameter."""
+    out = {}
+    for mode in modes:
+        rows = {}
+        for name in PAPER_PARAMETERS:
+            in68, in95, pulls = [], [], []
+            for per in results.values():
+                if mode not in per:
+                    continue
+                table = per[mode]["result"].summary
+                if name not in table.index or not np.isfinite(table.loc[name, "truth"]):
+                    continue
+                in68.append(bool(table.loc[name, "in68"]))
+                in95.append(bool(table.loc[name, "in95"]))
+                pulls.append(float(table.loc[name, "pull"]))
+            n = len(in68)
+            if n == 0:
+                continue
+            p68, p95 = float(np.mean(in68)), float(np.mean(in95))
+            rows[name] = {
+                "n": n,
+                "cov68": p68,
+                "cov68_err": math.sqrt(max(p68 * (1 - p68), 0.25 / n) / n),
+                "cov95": p95,
+                "cov95_err": math.sqrt(max(p95 * (1 - p95), 0.25 / n) / n),
+                "mean_pull": float(np.mean(pulls)),
+                "mean_pull_err": 1.0 / math.sqrt(n),
+            }
+        out[mode] = rows
+    return out
+
+
+def widths(results: dict) -> dict:
+    """Posterior sd of D_d, D_dt and gamma per system: lensing-only vs joint."""
+    out = {}
+    for k, per in results.items():
+        row = {}
+        for mode in ("lensing", "joint", "kinematics"):
+            if mode not in per:
+                continue
+            table = per[mode]["result"].summary
+            for name in ("D_d", "D_dt", "gamma"):
+                if name in table.index:
+                    row[f"{name}_{mode}"] = float(table.loc[name, "sd"])
+        out[k] = row
+    return out
+
+
+def reweight(per_mode: dict, n_draws: int, seed: int = 0) -> dict:
+    """Importance weights ``L_kin(JAM) / L_kin(emulator)`` on thinned joint draws.
+
+    Returns ESS (absolute and as a fraction of the draws) and each paper parameter's shift
+    (weighted mean - mean) / sd.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from skinn_jax.likelihood import gaussian_log_likelihood
+
+    from .mock_kinematics import jam_distances, jam_truth_bins
+    from .model import emulator_params, sky_params
+
+    result, setup, data = per_mode["result"], per_mode["setup"], per_mode["data"]
+    post = result.idata.posterior
+    needed = (
+        "theta_E", "gamma", "q_mass", "q_light", "r_sersic_ratio", "n_sersic", "beta_z",
+        "inclination_deg", "phi", "center_x", "center_y", "D_dt", "D_d",
+    )  # fmt: skip
+    flat = {name: np.asarray(post[name]).reshape(-1) for name in needed}
+    total = flat["theta_E"].size
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(total, size=min(n_draws, total), replace=False))
+    lik = setup.kinematics
+    log_emu, log_jam = [], []
+    t0 = time.perf_counter()
+    with jax.enable_x64(True):
+        for i in idx:
+            values = {name: jnp.asarray(flat[name][i]) for name in needed}
+            params = np.asarray(emulator_params(values))
+            sky = sky_params({k: float(v) for k, v in values.items()})
+            log_emu.append(float(lik(jnp.asarray(params), sky)))
+            vrms = jam_truth_bins(lik.forward, params, sky, jam_distances(sky, data.kinematics.z_d))
+            residual = jnp.asarray(vrms) - jnp.asarray(data.kinematics.vrms)
+            log_jam.append(float(gaussian_log_likelihood(residual, data.kinematics.cholesky)))
+    delta = np.array(log_jam) - np.array(log_emu)
+    w = np.exp(delta - delta.max())
+    w /= w.sum()
+    ess = 1.0 / np.sum(w**2)
+    shifts = {}
+    for name in PAPER_PARAMETERS:
+        x = _flat_draws(result.idata, name)
+        if x is None:
+            continue
+        x = x[idx]
+        sd = x.std(ddof=1)
+        shifts[name] = float((np.sum(w * x) - x.mean()) / sd) if sd > 0 else 0.0
+    return {
+        "n_draws": int(idx.size),
+        "ess": float(ess),
+        "ess_fraction": float(ess / idx.size),
+        "delta_log_l_mean": float(delta.mean()),
+        "delta_log_l_sd": float(delta.std()),
+        "shift_in_sd": shifts,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def plot_fig9(results: dict, modes, path: Path) -> None:
+    """Paper Fig. 9: draws minus truth for the 13 parameters, stacked over systems, per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"lensing": "tab:blue", "kinematics": "tab:orange", "joint": "tab:green"}
+    fig, axes = plt.subplots(3, 5, figsize=(17, 9.5))
+    for ax, name in zip(np.ravel(axes), PAPER_PARAMETERS, strict=False):
+        for mode in modes:
+            deltas = []
+            for per in results.values():
+                if mode not in per:
+                    continue
+                x = _flat_draws(per[mode]["result"].idata, name)
+                truth = per[mode]["truths"].get(name)
+                if x is None or truth is None:
+                    continue
+                d = x - float(truth)
+                deltas.append(np.degrees(d) if name == "phi" else d)
+            if deltas:
+                ax.hist(
+                    np.concatenate(deltas), bins=40, histtype="step", density=True,
+                    color=colors.get(mode), label=mode,
+                )  # fmt: skip
+        ax.axvline(0.0, color="k", lw=0.8)
+        ax.set_xlabel(f"Δ {name}" + (" [deg]" if name == "phi" else ""))
+        ax.set_yticks([])
+    for ax in np.ravel(axes)[len(PAPER_PARAMETERS) :]:
+        ax.axis("off")
+    np.ravel(axes)[0].legend(fontsize=8)
+    fig.suptitle(f"posterior draws - truth, stacked over {len(results)} mock systems", fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def markdown(summary: dict) -> str:
+    """The study's tables as Markdown."""
+    lines = [f"# Mock-system study: {summary['n_systems']} systems, modes {summary['modes']}", ""]
+    lines += ["## Coverage", ""]
+    for mode, rows in summary["coverage"].items():
+        lines += [
+            f"**{mode}**",
+            "",
+            "| parameter | K | 68 % | 95 % | mean pull |",
+            "|---|---|---|---|---|",
+        ]
+        for name, r in rows.items():
+            lines.append(
+                f"| {name} | {r['n']} | {r['cov68']:.2f} ± {r['cov68_err']:.2f} | "
+                f"{r['cov95']:.2f} ± {r['cov95_err']:.2f} | "
+                f"{r['mean_pull']:+.2f} ± {r['mean_pull_err']:.2f} |"
+            )
+        lines.append("")
+    lines += ["## Posterior widths (sd)", "", "| system | " + " | ".join(
+        sorted({c for row in summary["widths"].values() for c in row})) + " |"]  # fmt: skip
+    cols = sorted({c for row in summary["widths"].values() for c in row})
+    lines.append("|---" * (len(cols) + 1) + "|")
+    for k, row in summary["widths"].items():
+        lines.append(
+            f"| {k} | " + " | ".join(f"{row.get(c, float('nan')):.4g}" for c in cols) + " |"
+        )
+    lines += ["", "## Importance reweighting by JAM truth (joint mode)", ""]
+    for k, r in summary["reweighting"].items():
+        shifts = ", ".join(f"{n} {v:+.2f}" for n, v in r["shift_in_sd"].items())
+        lines.append(
+            f"- system {k}: {r['n_draws']} draws, ESS {r['ess']:.1f} "
+            f"({100 * r['ess_fraction']:.0f} %), Δlog L = {r['delta_log_l_mean']:.2f} ± "
+            f"{r['delta_log_l_sd']:.2f}; shifts in σ: {shifts}"
+        )
+    lines += [
+        "",
+        "## Timings",
+        "",
+        "| system | mode | wall s | evaluations | ms / eval | converged |",
+    ]
+    lines.append("|---|---|---|---|---|---|")
+    for row in summary["timings"]:
+        lines.append(
+            f"| {row['system']} | {row['mode']} | {row['wall_s']:.0f} | {row['evaluations']} | "
+            f"{1e3 * row['eval_s']:.1f} | {row['converged']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    import numpyro
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--systems", type=int, nargs="+", default=list(range(10)))
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--out", type=Path, default=Path("runs/study"))
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--params-source", default="auto", choices=["auto", "test", "box"])
+    parser.add_argument("--test-set", type=Path, default=Path("data/test"))
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--samples", type=int, default=None)
+    parser.add_argument("--chains", type=int, default=2)
+    parser.add_argument("--reweight-systems", type=int, nargs="*", default=None)
+    parser.add_argument("--reweight-draws", type=int, default=200)
+    parser.add_argument("--figures", type=Path, default=None, help="e.g. docs/figures")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    numpyro.set_host_device_count(max(args.chains, 1))
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    results = run_fits(args)
+    coverage = coverage_table(results, args.modes)
+    reweight_systems = (
+        args.reweight_systems if args.reweight_systems is not None else args.systems[:1]
+    )
+    reweighting = {}
+    if "joint" in args.modes:
+        for k in reweight_systems:
+            if k in results:
+                reweighting[k] = reweight(results[k]["joint"], args.reweight_draws)
+    timings = [
+        {
+            "system": k,
+            "mode": mode,
+            "wall_s": per[mode]["wall_s"],
+            "fit_s": sum(
+                per[mode]["result"].report["timings_s"].get(key, 0.0)
+                for key in ("compile_potential_s", "map_s", "warmup_s", "sampling_s")
+            ),
+            "evaluations": per[mode]["result"].report["evaluations"]["total"],
+            "eval_s": per[mode]["result"].report["timings_s"]["eval_s"],
+            "converged": per[mode]["result"].report["diagnostics"]["converged"],
+        }
+        for k, per in results.items()
+        for mode in args.modes
+    ]
+    summary = {
+        "n_systems": len(results),
+        "modes": list(args.modes),
+        "coverage": coverage,
+        "widths": widths(results),
+        "reweighting": reweighting,
+        "timings": timings,
+        "wall_s": time.perf_counter() - t0,
+    }
+    if args.figures:
+        plot_fig9(results, args.modes, Path(args.figures) / "inference_study_fig9.png")
+    (args.out / "study.json").write_text(json.dumps(summary, indent=1, default=str))
+    (args.out / "study.md").write_text(markdown(summary))
+    print(markdown(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,286 @@
+"""Tests of skinn_jax.inference: mock systems, the NumPyro model, the fit driver.
+
+Small settings throughout (a 50 x 50 image, 31 x 31 spaxels, the shipped default emulator, a
+kinematics-only end-to-end fit of a few draws) so the module runs in about a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from herculens.MassModel.Profiles.epl import EPL
+from skinn_jax.inference import fit as fit_mod
+from skinn_jax.inference.lensing import CoredPowerLaw, ImagingSettings
+from skinn_jax.inference.mock_kinematics import MockSettings, field_for_forward_model
+from skinn_jax.inference.mock_system import MockSystemSettings, make_mock_system, plot_mock_system
+from skinn_jax.inference.model import (
+    EmulatorField,
+    Priors,
+    SystemData,
+    build_setup,
+    emulator_params,
+    epl_from_mass,
+    load_emulator,
+    log_density,
+    mass_from_epl,
+    site_names,
+    solve_lens,
+    solver_start_from_truth,
+    truth_values,
+)
+
+from skinn_jax.forward import field_from_quadrant
+from skinn_jax.ifu import PSF, KinematicData, SpaxelGrid
+from skinn_jax.likelihood import KinematicLikelihood
+from skinn_jax.profiles import kappa_cored_pemd, to_galaxy_frame
+
+PARAMS = np.array([1.2, 2.0, 0.8, 0.8, 0.9, 3.0, 0.1, 70.0])
+SETTINGS = MockSystemSettings(imaging=ImagingSettings(n_pix=50), kinematics=MockSettings(n_pix=31))
+
+
+def _setup(data, mode, **kwargs):
+    return build_setup(data, mode, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """Run every test of this module in float64 without touching the global JAX config."""
+    with jax.enable_x64(True):
+        yield
+
+
+@pytest.fixture(scope="module")
+def system():
+    with jax.enable_x64(True):
+        return make_mock_system(3, PARAMS, settings=SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def data(system):
+    return SystemData.from_mock(system)
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    """The shipped default checkpoint (real trained weights)."""
+    return load_emulator()
+
+
+# ----------------------------------------------------------------------------------------------
+# Mock systems
+
+
+def test_mock_system_is_a_seeded_quad_with_paper_noise(system, tmp_path):
+    again = make_mock_system(3, PARAMS, settings=SETTINGS)
+    np.testing.assert_array_equal(again.imaging.image, system.imaging.image)
+    images = system.images
+    assert list(images.kind[:4]).count("min") == 2 and list(images.kind[:4]).count("saddle") == 2
+    assert images.kind[4] == "max" and abs(images.magnification[4]) < 0.2
+    assert np.all(np.diff(images.fermat[:4]) > 0)  # labelled by arrival time
+    td = system.time_delays
+    assert np.all(td.sigma >= 1.0 - 1e-12)
+    assert np.all(td.sigma >= 0.02 * np.abs(system.truth.time_delays) - 1e-12)
+    assert np.all(system.imaging.noise_map > 0)
+    pulls = (system.imaging.image - system.image_true) / system.imaging.noise_map
+    assert abs(pulls.std() - 1.0) < 0.05
+    measured = system.measured_positions
+    true = np.stack([images.x[:4], images.y[:4]], axis=-1)
+    assert np.max(np.hypot(*(measured - true).T)) < 0.06
+    # kinematics come from JAM truth through mock_kinematics
+    np.testing.assert_array_equal(system.kinematics.params, PARAMS)
+    plot_mock_system(system, tmp_path / "mock.png")
+    assert (tmp_path / "mock.png").stat().st_size > 10_000
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversions and the mass profile
+
+
+def test_conversions_from_lens_parameters_to_the_emulator_go_through_profiles(system):
+    truth = truth_values(system, "joint")
+    lens = system.truth.lens
+    epl = epl_from_mass(PARAMS[0], PARAMS[1], PARAMS[2], system.truth.sky.phi)
+    np.testing.assert_allclose(float(epl["theta_E_epl"]), float(lens.theta_E_epl), rtol=1e-12)
+    np.testing.assert_allclose([float(epl["e1"]), float(epl["e2"])], [lens.e1, lens.e2], atol=1e-14)
+    back = mass_from_epl(lens.theta_E_epl, PARAMS[1], lens.e1, lens.e2)
+    np.testing.assert_allclose(float(back["theta_E"]), PARAMS[0], rtol=1e-12)
+    np.testing.assert_allclose(float(back["q_mass"]), PARAMS[2], rtol=1e-12)
+    np.testing.assert_allclose(float(back["phi"]), system.truth.sky.phi, atol=1e-12)
+    values = {**truth, **back, "beta_z": PARAMS[6], "inclination_deg": PARAMS[7]}
+    np.testing.assert_allclose(np.asarray(emulator_params(values)), PARAMS, rtol=1e-12)
+
+
+def test_lens_solver_recovers_the_true_lens_from_the_true_images(system, data):
+    setup = _setup(data, "lensing", solver_start=solver_start_from_truth(system))
+    truth = {k: jnp.asarray(v) for k, v in truth_values(system, "lensing").items()}
+    solved, residual, log_jac = solve_lens(setup, truth)
+    lens = system.truth.lens
+    for name in ("theta_E_epl", "e1", "e2", "gamma1", "gamma2", "src_x", "src_y"):
+        np.testing.assert_allclose(float(solved[name]), float(getattr(lens, name)), atol=1e-9)
+    np.testing.assert_allclose(np.asarray(solved["ps_y"]), lens.ps_y, atol=1e-9)
+    assert float(residual) < 1e-10 and np.isfinite(float(log_jac))
+
+
+def test_cored_power_law_is_the_emulators_mass_and_herculens_epl_without_core(system):
+    lens = system.truth.lens
+    kw = {
+        "theta_E": lens.theta_E_epl,
+        "gamma": lens.gamma,
+        "e1": lens.e1,
+        "e2": lens.e2,
+        "center_x": lens.center_x,
+        "center_y": lens.center_y,
+    }
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(-2.5, 2.5, (2, 200))
+    fxx, fyy, _ = CoredPowerLaw().hessian(x, y, **kw)
+    xg, yg = to_galaxy_frame(x, y, lens.center_x, lens.center_y, system.truth.sky.phi)
+    kappa = kappa_cored_pemd(xg, yg, PARAMS[0], PARAMS[1], PARAMS[2])
+    np.testing.assert_allclose(0.5 * (np.asarray(fxx) + np.asarray(fyy)), kappa, rtol=1e-6)
+    singular, epl = CoredPowerLaw(r_core=0.0, n_nodes=64), EPL()
+    np.testing.assert_allclose(
+        np.asarray(singular.derivatives(x, y, **kw)), np.asarray(epl.derivatives(x, y, **kw)),
+        atol=1e-8,
+    )  # fmt: skip
+    np.testing.assert_allclose(
+        np.asarray(singular.hessian(x, y, **kw)), np.asarray(epl.hessian(x, y, **kw)), atol=1e-7
+    )
+    dpsi = np.asarray(singular.function(x, y, **kw)) - np.asarray(epl.function(x, y, **kw))
+    assert np.ptp(dpsi) < 1e-8  # equal up to a constant
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+
+
+def test_joint_log_density_at_truth_is_finite_with_finite_gradient_and_beats_wrong_values(
+    system, data
+):
+    """Joint model with the JAM-truth field (a perfect emulator): truth vs clearly wrong values.
+
+    The tabulated JAM field is fixed at the true eight parameters (it ignores them), so only
+    parameters that act through the imaging, the time delays and the sky mapping are varied.
+    """
+    probe = KinematicLikelihood(data.kinematics, lambda p, x, y: x, supersampling=5)
+    jam_field = field_for_forward_model(probe.forward, PARAMS, step=0.01)
+    setup = _setup(data, "joint", field=jam_field, solver_start=solver_start_from_truth(system))
+    truth = {k: jnp.asarray(v) for k, v in truth_values(system, "joint").items()}
+    truth = {k: truth[k] for k in site_names("joint")}
+    value_and_grad = jax.jit(jax.value_and_grad(lambda v: log_density(data, setup, v)))
+    value, grad = value_and_grad(truth)
+    assert np.isfinite(float(value))
+    for name, g in grad.items():
+        assert np.all(np.isfinite(np.asarray(g))), name
+    wrong = {
+        "gamma": truth["gamma"] + 0.3,
+        "D_d": truth["D_d"] * 1.3,
+        "D_dt": truth["D_dt"] * 0.7,
+        "ps_x": truth["ps_x"] + jnp.array([0.02, 0.0, 0.0, 0.0]),
+        "center_x": truth["center_x"] + 0.02,
+    }
+    for name, bad in wrong.items():
+        worse = float(value_and_grad({**truth, name: bad})[0])
+        assert worse < float(value) - 10.0, (name, worse, float(value))
+
+
+def test_checks_raise_before_sampling(system, data, emulator):
+    with pytest.raises(ValueError, match="training box"):
+        Priors(theta_E=(0.4, 2.0)).check()
+    with pytest.raises(ValueError, match="training box"):
+        Priors(inclination_deg=(50.0, 90.0)).check()
+    with pytest.raises(ValueError, match="training box"):
+        _setup(data, "lensing", priors=Priors(gamma=(1.5, 2.7)))
+    image = data.imaging.image.copy()
+    image[3, 4] = np.nan
+    bad = data._replace(imaging=data.imaging._replace(image=image))
+    with pytest.raises(ValueError, match="non-finite pixels"):
+        _setup(bad, "lensing")
+    bad = data._replace(time_delays=data.time_delays._replace(delays=np.array([1.0, np.nan, 2.0])))
+    with pytest.raises(ValueError, match="time delays"):
+        _setup(bad, "lensing")
+    with pytest.raises(ValueError, match="NaN"):
+        KinematicData.diagonal(
+            data.kinematics.grid, data.kinematics.bin_map,
+            np.where(np.arange(data.kinematics.n_bins) == 0, np.nan, data.kinematics.vrms),
+            np.ones(data.kinematics.n_bins), data.kinematics.psf,
+        )  # fmt: skip
+    big = SpaxelGrid.regular((230, 230), 0.05)
+    kin = KinematicData.diagonal(
+        big, np.zeros(big.shape, int), np.array([200.0]), np.array([10.0]), PSF.gaussian(0.1)
+    )
+    with pytest.raises(ValueError, match="emulator's field"):
+        _setup(data._replace(kinematics=kin), "kinematics", emulator=emulator)
+
+
+def test_emulator_field_equals_field_from_quadrant(system, data, emulator):
+    params = jnp.asarray(PARAMS)
+    sky = system.truth.sky
+    reference = KinematicLikelihood(
+        data.kinematics, field_from_quadrant(emulator.vrms_quadrant, emulator.vrms_at)
+    )
+    setup = _setup(data, "kinematics", emulator=emulator)
+    generic = KinematicLikelihood(data.kinematics, EmulatorField(emulator))
+    expected = np.asarray(reference.predict(params, sky))
+    np.testing.assert_allclose(np.asarray(generic.predict(params, sky)), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(setup.kinematics.predict(params, sky)), expected, rtol=1e-5
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The fit driver
+
+
+def test_short_fit_writes_outputs_and_restarts_from_its_checkpoints(
+    system, data, emulator, tmp_path, monkeypatch
+):
+    setup = _setup(data, "kinematics", emulator=emulator)
+    truth = truth_values(system, "kinematics")
+    settings = fit_mod.FitSettings(
+        num_warmup=8, num_samples=6, num_chains=1, sample_chunks=1, map_max_steps=3,
+        map_newton_steps=1, max_tree_depth=3, progress_bar=False,
+    )  # fmt: skip
+    out = tmp_path / "fit"
+    # a fit killed while sampling (after its warm-up) leaves no final output ...
+    from numpyro.infer import MCMC
+
+    real_run = MCMC.run
+    calls = {"n": 0}
+
+    def failing_run(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # 1: warm-up, 2: sampling
+            raise KeyboardInterrupt("killed")
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(MCMC, "run", failing_run)
+    with pytest.raises(KeyboardInterrupt):
+        fit_mod.fit(
+            data, setup, out, init_values=truth, truths=truth, settings=settings, quiet=True
+        )
+    assert not any((out / f).exists() for f in fit_mod.FINAL_FILES)
+    state = json.loads((out / fit_mod.STATE_FILE).read_text())
+    assert state["phase"] == "warmup"
+    # ... and restarts from its last checkpoint (the warm-up state)
+    monkeypatch.setattr(MCMC, "run", real_run)
+    result = fit_mod.fit(
+        data, setup, out, init_values=truth, truths=truth, settings=settings, quiet=True
+    )
+    for name in fit_mod.FINAL_FILES:
+        assert (out / name).stat().st_size > 0, name
+    assert json.loads((out / fit_mod.STATE_FILE).read_text())["phase"] == "complete"
+    assert result.idata.posterior["theta_E"].shape == (1, 6)
+    report = result.report
+    assert report["evaluations"]["total"] > 0 and report["timings_s"]["eval_s"] > 0
+    assert set(report["diagnostics"]) >= {"converged", "max_r_hat", "min_ess_bulk", "divergences"}
+    assert "theta_E" in result.summary.index and math.isfinite(
+        result.summary.loc["theta_E", "truth"]
+    )
+    # a complete fit is loaded, not recomputed; other settings start again
+    again = fit_mod.fit(data, setup, out, init_values=truth, settings=settings, quiet=True)
+    assert again.report["fingerprint"] == report["fingerprint"]

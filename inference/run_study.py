@@ -74,6 +74,8 @@ def run_fits(args) -> dict:
         data = SystemData.from_mock(system)
         results[k] = {"system": system}
         for mode in args.modes:
+            if args.report_only and not fit_complete(Path(args.out) / str(k) / mode):
+                continue
             settings = default_settings(mode)
             changes = {"num_chains": args.chains, "progress_bar": not args.no_progress}
             if args.warmup is not None:
@@ -113,6 +115,17 @@ def run_fits(args) -> dict:
             }
             jax.clear_caches()
     return results
+
+
+def fit_complete(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a complete fit (its state says so and every final file exists)."""
+    from .fit import FINAL_FILES, STATE_FILE
+
+    state_path = out_dir / STATE_FILE
+    if not state_path.exists():
+        return False
+    state = json.loads(state_path.read_text())
+    return state.get("phase") == "complete" and all((out_dir / f).exists() for f in FINAL_FILES)
 
 
 def coverage_table(results: dict, modes) -> dict:
@@ -300,12 +313,12 @@ def markdown(summary: dict) -> str:
         "",
         "## Timings",
         "",
-        "| system | mode | wall s | evaluations | ms / eval | converged |",
+        "| system | mode | fit s | evaluations | ms / eval | converged |",
     ]
     lines.append("|---|---|---|---|---|---|")
     for row in summary["timings"]:
         lines.append(
-            f"| {row['system']} | {row['mode']} | {row['wall_s']:.0f} | {row['evaluations']} | "
+            f"| {row['system']} | {row['mode']} | {row['fit_s']:.0f} | {row['evaluations']} | "
             f"{1e3 * row['eval_s']:.1f} | {row['converged']} |"
         )
     return "\n".join(lines) + "\n"
@@ -330,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reweight-draws", type=int, default=200)
     parser.add_argument("--figures", type=Path, default=None, help="e.g. docs/figures")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="fit nothing: report on the fits already complete in --out",
+    )
     args = parser.parse_args(argv)
 
     numpyro.set_host_device_count(max(args.chains, 1))
@@ -347,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     reweighting = {}
     if "joint" in args.modes:
         for k in reweight_systems:
-            if k in results:
+            if "joint" in results.get(k, {}):
                 reweighting[k] = reweight(results[k]["joint"], args.reweight_draws)
     timings = [
         {
@@ -364,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for k, per in results.items()
         for mode in args.modes
+        if mode in per
     ]
     summary = {
         "n_systems": len(results),

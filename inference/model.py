@@ -102,7 +102,6 @@ from skinn_jax.forward import CenterBox, ForwardModel, SkyParams, cubic_interpol
 from skinn_jax.grid import HALF_WIDTH_ARCSEC, PIXEL_ARCSEC, mirror_quadrant
 from skinn_jax.ifu import KinematicData
 from skinn_jax.likelihood import KinematicLikelihood
-from skinn_jax.networks import safe_sqrt_positive, velocity_scale
 from skinn_jax.params import INCLINATION_MIN_DEG, PARAM_BOX, PARAM_NAMES, R_SERSIC_RATIO_BOX
 from skinn_jax.profiles import (
     e1e2_from_q_phi,
@@ -360,7 +359,7 @@ class EmulatorField:
         """The fine central table of ``vrms_at`` (interpolation dtype), and its origin."""
         p = jnp.asarray(params).astype(jnp.float32)
         u = jnp.asarray(self._inner_features) @ self.emu.style(p)
-        table = (velocity_scale(p) * safe_sqrt_positive(u)).astype(self.interp_dtype)
+        table = self.emu.velocity_from_output(p, u).astype(self.interp_dtype)
         return table, -self._n_inner * self.inner_step
 
     def _combine(self, params, x, y):

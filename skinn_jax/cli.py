@@ -149,6 +149,12 @@ def _add_baseline(sub) -> None:
     p.add_argument("--depth", type=int, default=4, help="coefficient-MLP hidden layers")
     p.add_argument("--learning-rate", type=float, default=2e-3, help="peak learning rate")
     p.add_argument("--pca-maps", type=int, default=6000, help="maps used to fit the PCA basis")
+    p.add_argument(
+        "--target",
+        default="u",
+        choices=["u", "v"],
+        help="basis space: normalised second moment u or velocity v",
+    )
     p.add_argument("--export", default="checkpoints/pca")
 
 
@@ -166,6 +172,7 @@ def _run_baseline(args) -> int:
         mapping_depth=args.depth,
         learning_rate=args.learning_rate,
         n_pca_maps=args.pca_maps,
+        target=args.target,
         export=args.export,
     )
     print(json.dumps(train_baseline(cfg), indent=1))

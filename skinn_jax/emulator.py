@@ -23,7 +23,7 @@ import numpy as np
 
 from .checkpoint import load_checkpoint
 from .grid import HALF_WIDTH_ARCSEC, QUADRANT_SIZE, mirror_index, quadrant_coordinates
-from .networks import NetworkConfig, make_network, safe_sqrt_positive, velocity_scale
+from .networks import NetworkConfig, make_network, relative_velocity, velocity_scale
 from .params import PARAM_NAMES, normalise_params, validate_params
 
 _MIRROR_INDEX = mirror_index()
@@ -107,9 +107,11 @@ class Emulator:
         """Style vector (..., K + 1) for parameters (..., 8) in physical units."""
         return self._net.apply(self.variables, normalise_params(p), method="style")
 
-    def _velocity(self, p, u):
-        scale = velocity_scale(p).reshape(p.shape[:-1] + (1,) * (u.ndim - p.ndim + 1))
-        return scale * safe_sqrt_positive(u)
+    def velocity_from_output(self, p, out):
+        """v_rms (km/s) from the network output ``out`` (``p.shape[:-1] + S``) for parameters
+        ``p`` (..., 8): ``v_scale(p) * relative_velocity(out)`` (see ``NetworkConfig.target``)."""
+        scale = velocity_scale(p).reshape(p.shape[:-1] + (1,) * (out.ndim - p.ndim + 1))
+        return scale * relative_velocity(out, self.config.target)
 
     def _check(self, p, x=None, y=None):
         if _is_concrete(p):
@@ -146,7 +148,7 @@ class Emulator:
         style = self.style(p)  # (..., K+1)
         u = jnp.einsum("...k,bk->b...", feats, style.reshape(-1, style.shape[-1]))
         u = u.reshape(p.shape[:-1] + x.shape)
-        return self._velocity(p, u)
+        return self.velocity_from_output(p, u)
 
     def grid_features(self):
         """Features on the 276 x 276 quadrant grid, (276 * 276, K + 1), computed once."""
@@ -166,7 +168,7 @@ class Emulator:
         style = self.style(p)
         u = style @ self.grid_features().T.astype(style.dtype)
         u = u.reshape(p.shape[:-1] + (QUADRANT_SIZE, QUADRANT_SIZE))
-        return self._velocity(p, u)
+        return self.velocity_from_output(p, u)
 
     def vrms_map(self, p):
         """Full 551 x 551 v_rms map (km/s): (8,) -> (551, 551), (B, 8) -> (B, 551, 551)."""

@@ -62,6 +62,23 @@ def safe_sqrt_positive(u):
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, u, 1.0)), 0.0)
 
 
+TARGETS = ("u", "v")
+"""Network output spaces (:attr:`NetworkConfig.target`)."""
+
+
+def relative_velocity(out, target: str = "u"):
+    """``v_rms / v_scale`` from the network output ``out`` (any shape) in ``target`` space."""
+    if target == "u":
+        return safe_sqrt_positive(out)
+    return jnp.maximum(out, 0.0)
+
+
+def normalised_target(relative_vrms, target: str = "u"):
+    """The training target in ``target`` space from ``v_rms / v_scale`` (inverse of
+    :func:`relative_velocity` where ``v_rms > 0``)."""
+    return relative_vrms**2 if target == "u" else relative_vrms
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     """Architecture hyper-parameters (stored in every checkpoint).
@@ -77,6 +94,9 @@ class NetworkConfig:
         n_radial_frequencies: Fourier frequencies of the warped radius (cips).
         n_angular_harmonics: harmonics ``cos(2 k theta)`` (cips).
         embedding_shape: (radial, angular, channels) of the learned coordinate embedding (cips).
+        target: what the network outputs per pixel: ``"u"``, the normalised second moment
+            ``(v_rms / v_scale)**2`` (v_rms = v_scale sqrt(max(u, 0))), or ``"v"``, the normalised
+            velocity ``v_rms / v_scale`` (v_rms = v_scale max(out, 0)).
     """
 
     kind: str = "cips"
@@ -89,6 +109,11 @@ class NetworkConfig:
     n_angular_harmonics: int = 8
     embedding_shape: tuple[int, int, int] = (64, 17, 16)
     extra: dict = field(default_factory=dict)
+    target: str = "u"
+
+    def __post_init__(self):
+        if self.target not in TARGETS:
+            raise ValueError(f"network target must be one of {TARGETS}, got {self.target!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -177,3 +177,17 @@ def test_corrupt_or_mismatched_checkpoints_fail_clearly(tmp_path):
         load_checkpoint(tmp_path)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         Emulator.load("no-such-checkpoint")
+
+
+def test_output_target_v_is_the_square_root_space_of_u():
+    """The same PCA network read as a second moment u or as a velocity v: v_u² = v_v v_scale."""
+    emu_u, config, variables = _random_emulator("pca")
+    emu_v = Emulator(NetworkConfig(**{**config.to_dict(), "target": "v"}), variables)
+    x = np.linspace(-2.0, 2.0, 7)
+    v_u = np.asarray(emu_u.vrms_at(P, x, 0.3 * x), np.float64)
+    v_v = np.asarray(emu_v.vrms_at(P, x, 0.3 * x), np.float64)
+    scale = 200.0 * np.sqrt(P[0])
+    np.testing.assert_allclose(v_u**2, v_v * scale, rtol=1e-5)
+    assert not np.allclose(v_u, v_v)
+    with pytest.raises(ValueError, match="target"):
+        NetworkConfig(kind="pca", target="w")

@@ -120,3 +120,22 @@ def test_batch_not_divisible_by_devices_is_rejected(data, tmp_path):
     out = subprocess.run(_train_cmd(cfg), capture_output=True, text=True, env=env)
     assert out.returncode != 0
     assert "divisible by the number of devices" in out.stderr + out.stdout
+
+
+@pytest.mark.parametrize("target", ["u", "v"])
+def test_baseline_trains_exports_and_loads(data, tmp_path, target):
+    from skinn_jax.training.baseline import BaselineConfig, train_baseline
+
+    cfg = BaselineConfig(
+        train_data=str(data / "train"), val_data=str(data / "val"), n_val=4, n_components=4,
+        n_pca_maps=8, steps=200, batch=8, mapping_width=32, mapping_depth=2, target=target,
+        export=str(tmp_path / "pca"),
+    )  # fmt: skip
+    result = train_baseline(cfg, progress=False)
+    emu = Emulator.load(tmp_path / "pca")
+    assert emu.config.target == target and emu.config.n_basis == 4
+    assert read_metadata(tmp_path / "pca")["validation_metrics"] == {
+        k: result[k] for k in ("val_median_abs_E", "val_p95_abs_E", "val_median_E")
+    }
+    # 4 components from 8 JAM maps: a crude emulator, but a v_rms map of the right scale
+    assert 0.0 < result["val_median_abs_E"] < 30.0

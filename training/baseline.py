@@ -20,7 +20,13 @@ import optax
 
 from skinn_jax.checkpoint import save_checkpoint
 from skinn_jax.grid import QUADRANT_SIZE
-from skinn_jax.networks import NetworkConfig, count_parameters, make_network, velocity_scale
+from skinn_jax.networks import (
+    NetworkConfig,
+    count_parameters,
+    make_network,
+    normalised_target,
+    velocity_scale,
+)
 from skinn_jax.params import normalise_params
 
 from .generate import DataSet
@@ -41,12 +47,14 @@ class BaselineConfig:
     mapping_width: int = 256
     mapping_depth: int = 4
     seed: int = 0
+    target: str = "u"
     export: str = "checkpoints/pca"
 
 
-def normalised_second_moment(params: np.ndarray, vrms: np.ndarray) -> np.ndarray:
+def normalised_output(params: np.ndarray, vrms: np.ndarray, target: str = "u") -> np.ndarray:
+    """Training target (N, P) in the network's output space for v_rms maps (N, P) in km/s."""
     scale = np.asarray(velocity_scale(params.astype(np.float64)))[:, None]
-    return ((vrms / scale) ** 2).astype(np.float32)
+    return np.asarray(normalised_target(vrms / scale, target), np.float32)
 
 
 def pca_basis(u: np.ndarray, k: int, seed: int = 0, power_iterations: int = 3):
@@ -72,12 +80,12 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
     params_val, vrms_val, _ = load_maps(cfg.val_data)
     params_val, vrms_val = params_val[: cfg.n_val], vrms_val[: cfg.n_val]
     n_pca = min(cfg.n_pca_maps, len(params_train))
-    u_pca = normalised_second_moment(params_train[:n_pca], vrms_train[:n_pca])
+    u_pca = normalised_output(params_train[:n_pca], vrms_train[:n_pca], cfg.target)
     mean, comps = pca_basis(u_pca, cfg.n_components, cfg.seed)
     del u_pca
     coeffs = np.empty((len(params_train), cfg.n_components), np.float32)
     for i in range(0, len(params_train), 2000):
-        u = normalised_second_moment(params_train[i : i + 2000], vrms_train[i : i + 2000])
+        u = normalised_output(params_train[i : i + 2000], vrms_train[i : i + 2000], cfg.target)
         coeffs[i : i + 2000] = (u - mean) @ comps
     targets = np.concatenate([np.ones((len(coeffs), 1), np.float32), coeffs], axis=1)
 
@@ -86,6 +94,7 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
         n_basis=cfg.n_components,
         mapping_width=cfg.mapping_width,
         mapping_depth=cfg.mapping_depth,
+        target=cfg.target,
     )
     net = make_network(config)
     basis = (

@@ -32,7 +32,8 @@ from skinn_jax.networks import (
     NetworkConfig,
     count_parameters,
     make_network,
-    safe_sqrt_positive,
+    normalised_target,
+    relative_velocity,
     velocity_scale,
 )
 from skinn_jax.params import normalise_params
@@ -152,9 +153,9 @@ def loss_fn(params, constants, net, p, x, y, v_true, second_moment_weight):
     variables = {"params": params, **constants}
     u = predict_u(net, variables, p, x, y)
     scale = velocity_scale(p)[:, None]
-    v_pred = scale * safe_sqrt_positive(u)
+    v_pred = scale * relative_velocity(u, net.config.target)
     rel = (v_pred - v_true) / scale
-    u_true = (v_true / scale) ** 2
+    u_true = normalised_target(v_true / scale, net.config.target)
     zero = v_true <= 0
     u_err = jnp.where(zero, jax.nn.relu(u), u - u_true)
     return jnp.mean(rel**2) + second_moment_weight * jnp.mean(u_err**2)
@@ -232,7 +233,9 @@ def predict_quadrants(net, variables, params: np.ndarray, batch: int = 64) -> np
     for i in range(0, len(params), batch):
         p = jnp.asarray(params[i : i + batch], jnp.float32)
         u = style_fn(variables, p) @ feats.T
-        out[i : i + batch] = np.asarray(velocity_scale(p)[:, None] * safe_sqrt_positive(u))
+        out[i : i + batch] = np.asarray(
+            velocity_scale(p)[:, None] * relative_velocity(u, net.config.target)
+        )
     return out
 
 

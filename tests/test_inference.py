@@ -284,3 +284,32 @@ def test_short_fit_writes_outputs_and_restarts_from_its_checkpoints(
     # a complete fit is loaded, not recomputed; other settings start again
     again = fit_mod.fit(data, setup, out, init_values=truth, settings=settings, quiet=True)
     assert again.report["fingerprint"] == report["fingerprint"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Study statistics
+
+
+@pytest.mark.parametrize("width_factor, calibrated", [(1.0, True), (0.4, False)])
+def test_coverage_is_nominal_for_exact_posteriors_and_detects_overconfidence(
+    width_factor, calibrated
+):
+    """Gaussian 'posteriors' around noisy observations of known truths: exact ones cover the
+    truth 68 % / 95 % of the time; ones 2.5x too narrow fail the same check."""
+    from types import SimpleNamespace
+
+    from skinn_jax.inference import run_study
+
+    rng = np.random.default_rng(1)
+    results = {}
+    for k in range(200):
+        truth = rng.uniform(1.5, 2.5)
+        observed = truth + 0.1 * rng.standard_normal()
+        draws = observed + 0.1 * width_factor * rng.standard_normal((2, 400))
+        table = fit_mod.summary_table({"gamma": draws}, {"gamma": truth}, ["gamma"])
+        results[k] = {"joint": {"result": SimpleNamespace(summary=table)}}
+    row = run_study.coverage_table(results, ["joint"])["joint"]["gamma"]
+    assert row["n"] == 200
+    ok68 = abs(row["cov68"] - 0.683) < 3 * row["cov68_err"]
+    ok95 = abs(row["cov95"] - 0.954) < 3 * row["cov95_err"] + 0.01
+    assert (ok68 and ok95) == calibrated, row

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .model import (
+    MODEL_VERSION,
     PAPER_PARAMETERS,
     ModelSetup,
     SystemData,
@@ -181,7 +182,7 @@ def fingerprint(data: SystemData, setup: ModelSetup, settings: FitSettings, extr
         data.kinematics.bin_map,
     ):
         h.update(np.ascontiguousarray(np.asarray(arr, float)).tobytes())
-    h.update(setup.mode.encode())
+    h.update(f"{setup.mode} model v{MODEL_VERSION}".encode())
     h.update(repr(dataclasses.astuple(setup.priors)).encode())
     h.update(repr(setup.newton_iterations).encode())
     h.update(np.asarray(data.image_positions, float).tobytes())
@@ -480,6 +481,8 @@ DERIVED_SUMMARY = (
     "src_x",
     "src_y",
     "ps_y",
+    "D_dt",
+    "D_d",
 )
 """Deterministic sites reported in the summary (when the mode has them)."""
 

@@ -224,17 +224,32 @@ DEFAULT_PRIORS = Priors()
 DEFAULT_IMAGING = ImagingSettings()
 
 
+MODEL_VERSION = 2
+"""Version of the sampled coordinates, part of every fit's fingerprint (2: log distances)."""
+
+DISTANCE_SITES: tuple[str, ...] = ("log_D_dt", "log_D_d")
+"""Sampled distance coordinates with kinematics: ``log(D_dt / Mpc)`` and ``log(D_d / Mpc)``.
+
+The time delays measure D_dt (to 5-20 % in the mock systems) and the kinematics the ratio
+D_dt / D_d (to 5-9 %), so D_d = D_dt / ratio is a product of the two and its posterior is skewed in
+D_d itself (measured on three joint fits sampled uniformly in (D_dt, D_d): tail ESS 41-45 for D_d of
+600 draws, against 130-440 for D_dt and the ratio). In logarithms the relation is linear,
+``log D_d = log D_dt - log ratio``, and the dense metric absorbs the correlation. The prior stays
+uniform in (D_dt, D_d) inside their boxes: the model adds the Jacobian ``log D_dt + log D_d``.
+"""
+
+
 def site_names(mode: Mode) -> tuple[str, ...]:
     """The sampled sites of a mode, in the model's order."""
     light = ("q_light", "r_sersic_ratio", "n_sersic")
     kinematic = ("beta_z", "inclination_deg")
     if mode == "kinematics":
         mass = ("theta_E", "gamma", "q_mass", "phi", "center_x", "center_y")
-        return mass + light + kinematic + ("D_dt", "D_d")
+        return mass + light + kinematic + DISTANCE_SITES
     lensing = ("gamma", "center_x", "center_y", "ps_x", "ps_y_abc") + light
     lensing += ("lens_mag", "src_r", "src_n", "src_mag", "ps_mag")
     if mode == "joint":
-        return lensing + kinematic + ("D_dt", "D_d")
+        return lensing + kinematic + DISTANCE_SITES
     if mode == "lensing":
         return lensing + ("D_dt",)
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -886,12 +901,14 @@ def truth_values(system: MockSystem, mode: Mode = "joint") -> dict[str, np.ndarr
         "inclination_deg": p[7],
         "D_dt": t.sky.D_dt,
         "D_d": t.sky.D_d,
+        "log_D_dt": math.log(t.sky.D_dt),
+        "log_D_d": math.log(t.sky.D_d),
         "r_sersic": p[4],
         "theta_E_epl": lens.theta_E_epl,
         "e1": lens.e1,
         "e2": lens.e2,
     }
-    keep = set(site_names(mode)) | {"r_sersic", "theta_E", "q_mass", "phi"}
+    keep = set(site_names(mode)) | {"r_sersic", "theta_E", "q_mass", "phi", "D_dt", "D_d"}
     if mode != "kinematics":
         keep |= {"theta_E_epl", "e1", "e2", "gamma1", "gamma2", "src_x", "src_y", "ps_y"}
     return {k: np.asarray(values[k], dtype=float) for k in values if k in keep}
@@ -914,6 +931,12 @@ def _uniform(name: str, box: tuple[float, float], shape: tuple[int, ...] = ()):
     if shape:
         d = d.expand(shape).to_event(len(shape))
     return numpyro.sample(name, d)
+
+
+def distance_log_jacobian(log_D_dt, log_D_d):
+    """``log |∂(D_dt, D_d) / ∂(log D_dt, log D_d)| = log D_dt + log D_d``: with it, uniform
+    priors on the log coordinates' boxes become the uniform prior in (D_dt, D_d)."""
+    return log_D_dt + log_D_d
 
 
 def model(data: SystemData, setup: ModelSetup) -> None:
@@ -954,9 +977,15 @@ def model(data: SystemData, setup: ModelSetup) -> None:
     if mode != "lensing":
         v["beta_z"] = _uniform("beta_z", pr.beta_z)
         v["inclination_deg"] = _uniform("inclination_deg", pr.inclination_deg)
-    v["D_dt"] = _uniform("D_dt", pr.D_dt)
-    if mode != "lensing":
-        v["D_d"] = _uniform("D_d", pr.D_d)
+    if mode == "lensing":
+        v["D_dt"] = _uniform("D_dt", pr.D_dt)
+    else:
+        log_dt = _uniform("log_D_dt", (math.log(pr.D_dt[0]), math.log(pr.D_dt[1])))
+        log_dd = _uniform("log_D_d", (math.log(pr.D_d[0]), math.log(pr.D_d[1])))
+        v["D_dt"] = numpyro.deterministic("D_dt", jnp.exp(log_dt))
+        v["D_d"] = numpyro.deterministic("D_d", jnp.exp(log_dd))
+        # uniform prior in (D_dt, D_d): the Jacobian of (log D_dt, log D_d) -> (D_dt, D_d)
+        numpyro.factor("distance_prior", distance_log_jacobian(log_dt, log_dd))
 
     if mode != "kinematics":
         imaging = setup.imaging
@@ -1013,9 +1042,16 @@ class Prediction(NamedTuple):
     chi2: dict
 
 
+def with_distances(values: dict) -> dict:
+    """``values`` with ``D_dt`` and ``D_d`` (Mpc) derived from the sampled log distances."""
+    if "log_D_dt" not in values:
+        return values
+    return {**values, "D_dt": jnp.exp(values["log_D_dt"]), "D_d": jnp.exp(values["log_D_d"])}
+
+
 def predict(data: SystemData, setup: ModelSetup, values: dict) -> Prediction:
     """Predictions and χ² terms of :func:`model` at constrained ``values`` of the sampled sites."""
-    values = {k: jnp.asarray(v) for k, v in values.items()}
+    values = with_distances({k: jnp.asarray(v) for k, v in values.items()})
     image = delays = vrms = None
     chi2 = {}
     if setup.mode != "kinematics":
@@ -1075,4 +1111,8 @@ __all__ = [
     "SOLVED",
     "truth_values",
     "with_central_image",
+    "with_distances",
+    "distance_log_jacobian",
+    "MODEL_VERSION",
+    "DISTANCE_SITES",
 ]

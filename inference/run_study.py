@@ -55,7 +55,7 @@ def run_fits(args) -> dict:
     """Fit every system in every mode (or load complete fits). Returns ``{k: {mode: result}}``."""
     import jax
 
-    from .fit import default_settings, fit
+    from .fit import default_settings, fit, load_result
     from .mock_system import make_mock_system, plot_mock_system
     from .model import (
         SystemData,
@@ -91,21 +91,27 @@ def run_fits(args) -> dict:
             )
             truths = truth_values(system, mode)
             t0 = time.perf_counter()
-            result = fit(
-                data,
-                setup,
-                Path(args.out) / str(k) / mode,
-                init_values=truths,
-                truths=truths,
-                settings=settings,
-                meta={
-                    "label": f"mock system {k}",
-                    "system": k,
-                    "checkpoint": str(args.checkpoint or "default"),
-                    # the weights' hash, so that a retrained emulator never reuses an old fit
-                    "weights_sha256": emulator.metadata.get("weights_sha256") if emulator else None,
-                },
-            )
+            if args.report_only:
+                # report on the fit as it was made (its own model version and settings)
+                result = load_result(Path(args.out) / str(k) / mode)
+            else:
+                result = fit(
+                    data,
+                    setup,
+                    Path(args.out) / str(k) / mode,
+                    init_values=truths,
+                    truths=truths,
+                    settings=settings,
+                    meta={
+                        "label": f"mock system {k}",
+                        "system": k,
+                        "checkpoint": str(args.checkpoint or "default"),
+                        # the weights' hash, so that a retrained emulator never reuses an old fit
+                        "weights_sha256": emulator.metadata.get("weights_sha256")
+                        if emulator
+                        else None,
+                    },
+                )
             results[k][mode] = {
                 "result": result,
                 "setup": setup,

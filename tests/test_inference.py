@@ -176,15 +176,16 @@ def test_joint_log_density_at_truth_is_finite_with_finite_gradient_and_beats_wro
     assert np.isfinite(float(value))
     for name, g in grad.items():
         assert np.all(np.isfinite(np.asarray(g))), name
+    log07, log13 = math.log(0.7), math.log(1.3)
     wrong = {
-        "gamma": truth["gamma"] + 0.3,
-        "D_d": truth["D_d"] * 1.3,
-        "D_dt": truth["D_dt"] * 0.7,
-        "ps_x": truth["ps_x"] + jnp.array([0.02, 0.0, 0.0, 0.0]),
-        "center_x": truth["center_x"] + 0.02,
+        "gamma": {"gamma": truth["gamma"] + 0.3},
+        "D_d x 1.3": {"log_D_d": truth["log_D_d"] + log13},
+        "D_dt x 0.7": {"log_D_dt": truth["log_D_dt"] + log07},
+        "ps_x": {"ps_x": truth["ps_x"] + jnp.array([0.02, 0.0, 0.0, 0.0])},
+        "center_x": {"center_x": truth["center_x"] + 0.02},
     }
     for name, bad in wrong.items():
-        worse = float(value_and_grad({**truth, name: bad})[0])
+        worse = float(value_and_grad({**truth, **bad})[0])
         assert worse < float(value) - 10.0, (name, worse, float(value))
 
 
@@ -313,3 +314,26 @@ def test_coverage_is_nominal_for_exact_posteriors_and_detects_overconfidence(
     ok68 = abs(row["cov68"] - 0.683) < 3 * row["cov68_err"]
     ok95 = abs(row["cov95"] - 0.954) < 3 * row["cov95_err"] + 0.01
     assert (ok68 and ok95) == calibrated, row
+
+
+def test_log_distance_coordinates_keep_the_prior_uniform_in_the_distances():
+    """Uniform draws of (log D_dt, log D_d) in their boxes, weighted by the model's Jacobian
+    factor, are uniform draws of (D_dt, D_d) in theirs (without the factor they are not)."""
+    from skinn_jax.inference.model import distance_log_jacobian
+
+    pr = Priors()
+    rng = np.random.default_rng(3)
+    n = 400_000
+    log_dt = rng.uniform(math.log(pr.D_dt[0]), math.log(pr.D_dt[1]), n)
+    log_dd = rng.uniform(math.log(pr.D_d[0]), math.log(pr.D_d[1]), n)
+    log_w = np.asarray(distance_log_jacobian(log_dt, log_dd))
+    w = np.exp(log_w - log_w.max())
+    w /= w.sum()
+    for log_x, (lo, hi) in ((log_dt, pr.D_dt), (log_dd, pr.D_d)):
+        u = (np.exp(log_x) - lo) / (hi - lo)
+        # weighted mean and variance of a uniform variable: 1/2 and 1/12
+        mean = np.sum(w * u)
+        var = np.sum(w * (u - mean) ** 2)
+        assert abs(mean - 0.5) < 0.01 and abs(var - 1 / 12) < 0.003, (mean, var)
+        # unweighted (log-uniform) draws are not uniform: the factor matters
+        assert abs(np.mean(u) - 0.5) > 0.03, np.mean(u)

@@ -68,13 +68,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
-from jax.scipy.special import gammaln
 from jax.typing import ArrayLike
 
+from skinn_jax.cosmology import SPEED_OF_LIGHT_KM_S
 from skinn_jax.profiles import (
     R_CORE_ARCSEC,
     q_phi_from_e1e2,
-    sersic_b,
     sersic_light,
     theta_E_from_epl,
     to_galaxy_frame,
@@ -82,7 +81,7 @@ from skinn_jax.profiles import (
 
 MPC_M = 3.0856775814913673e22
 """One megaparsec in metres."""
-SPEED_OF_LIGHT_M_S = 299792458.0
+SPEED_OF_LIGHT_M_S = SPEED_OF_LIGHT_KM_S * 1e3
 """Speed of light, m/s."""
 ARCSEC_RAD = math.pi / 648000.0
 """One arcsecond in radians."""
@@ -234,21 +233,6 @@ class SersicExact:
         if self.core > 0:
             xg = jnp.sqrt(xg**2 + self.core**2)
         return sersic_light(xg, yg, R_sersic, n_sersic, q, amp)
-
-
-def sersic_total_flux(r_sersic: ArrayLike, n_sersic: ArrayLike, q: ArrayLike) -> Array:
-    """Total flux of :class:`SersicExact` with unit ``amp``, arcsec² (JAX, differentiable).
-
-    ``2 π n q R² e^b b^(-2n) Γ(2n)`` with the exact ``b_n`` of :func:`skinn_jax.profiles.sersic_b`.
-    """
-    b = sersic_b(n_sersic)
-    log_flux = (
-        jnp.log(2.0 * jnp.pi * n_sersic * q * r_sersic**2)
-        + b
-        - 2.0 * n_sersic * jnp.log(b)
-        + gammaln(2.0 * n_sersic)
-    )
-    return jnp.exp(log_flux)
 
 
 def flux_from_magnitude(mag: ArrayLike, zero_point: float) -> Array:

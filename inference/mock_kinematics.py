@@ -43,7 +43,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.special
 from jax import Array
 from skinn_jax.training.jam import DEFAULT_SETTINGS, JamSettings, jam_vrms
 
@@ -61,7 +60,7 @@ from skinn_jax.forward import (
 )
 from skinn_jax.ifu import PSF, KinematicData, SpaxelGrid
 from skinn_jax.params import sample_params, validate_params
-from skinn_jax.profiles import sersic_b_np
+from skinn_jax.profiles import sersic_total_flux as _jax_sersic_total_flux
 
 
 @dataclass(frozen=True)
@@ -165,12 +164,10 @@ def noise_fraction(sn: np.ndarray, settings: MockSettings = MockSettings()) -> n
 
 
 def sersic_total_flux(r_sersic: float, n_sersic: float, q_light: float) -> float:
-    """Total flux of the major-axis Sérsic of unit amplitude at ``r_sersic`` (arcsec²)."""
-    b = float(sersic_b_np(n_sersic))
-    return float(
-        2.0 * math.pi * n_sersic * q_light * r_sersic**2 * math.exp(b) * b ** (-2.0 * n_sersic)
-        * scipy.special.gamma(2.0 * n_sersic)
-    )  # fmt: skip
+    """Total flux of the major-axis Sérsic of unit amplitude at ``r_sersic`` (arcsec²), a float
+    (:func:`skinn_jax.profiles.sersic_total_flux`)."""
+    with jax.enable_x64(True):
+        return float(_jax_sersic_total_flux(float(r_sersic), float(n_sersic), float(q_light)))
 
 
 def light_image(

@@ -51,7 +51,12 @@ import numpy as np
 
 from skinn_jax.forward import SkyParams
 from skinn_jax.params import PARAM_NAMES, sample_params, validate_params
-from skinn_jax.profiles import e1e2_from_q_phi, theta_E_epl_from_emulator, to_galaxy_frame
+from skinn_jax.profiles import (
+    e1e2_from_q_phi,
+    sersic_total_flux,
+    theta_E_epl_from_emulator,
+    to_galaxy_frame,
+)
 
 from .lensing import (
     TIME_DELAY_DAYS_PER_MPC_ARCSEC2,
@@ -61,7 +66,6 @@ from .lensing import (
     LensParams,
     flux_from_magnitude,
     grid_local_minima,
-    sersic_total_flux,
     solve_lens_equation,
 )
 from .mock_kinematics import MockKinematics, MockSettings, make_mock_kinematics

@@ -106,6 +106,7 @@ from skinn_jax.params import INCLINATION_MIN_DEG, PARAM_BOX, PARAM_NAMES, R_SERS
 from skinn_jax.profiles import (
     e1e2_from_q_phi,
     q_phi_from_e1e2,
+    sersic_total_flux,
     theta_E_epl_from_emulator,
     theta_E_from_epl,
 )
@@ -115,7 +116,6 @@ from .lensing import (
     ImagingSettings,
     LensParams,
     flux_from_magnitude,
-    sersic_total_flux,
 )
 from .mock_system import ImagingData, MockSystem, TimeDelayData
 

@@ -170,6 +170,26 @@ def _sersic_b_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array,
     return b, db_dn * dn
 
 
+def sersic_total_flux(r_sersic: ArrayLike, n_sersic: ArrayLike, q: ArrayLike = 1.0) -> Array:
+    """Total flux (arcsec²) of the elliptical Sérsic of unit surface brightness at ``r_sersic``.
+
+    ``2 π n q R² e^b b^(-2n) Γ(2n)`` with the exact :func:`sersic_b` (JAX, differentiable).
+
+    Args:
+        r_sersic: major-axis half-light radius, arcsec.
+        n_sersic: Sérsic index.
+        q: axis ratio.
+    """
+    b = sersic_b(n_sersic)
+    log_flux = (
+        jnp.log(2.0 * jnp.pi * n_sersic * q * r_sersic**2)
+        + b
+        - 2.0 * n_sersic * jnp.log(b)
+        + gammaln(2.0 * n_sersic)
+    )
+    return jnp.exp(log_flux)
+
+
 def sersic_light(
     x: ArrayLike,
     y: ArrayLike,

@@ -112,8 +112,10 @@ def default_settings(mode: str = "joint") -> FitSettings:
     """Settings that run ``skinn-jax fit-mock`` to completion in ~10 minutes on 2 CPU cores.
 
     Lensing and joint fits (near-Gaussian posteriors after the lens-solver reparametrisation)
-    keep the Laplace metric; kinematics-only posteriors are broad and bounded by the training box,
-    so their dense metric is adapted over a longer warm-up.
+    keep the Laplace metric (a windowed dense adaptation over 250 warm-up iterations was slower:
+    > 10 min of warm-up on mock system 1, from its noisy early estimates); kinematics-only
+    posteriors are broad and bounded by the training box, so their dense metric is adapted over a
+    longer warm-up.
     """
     if mode == "kinematics":
         return FitSettings(num_warmup=300, num_samples=300, adapt_mass_matrix=True)
@@ -188,6 +190,8 @@ def fingerprint(data: SystemData, setup: ModelSetup, settings: FitSettings, extr
     h.update(np.asarray(data.image_positions, float).tobytes())
     if setup.imaging is not None:
         h.update(repr(setup.imaging.settings).encode())
+    if setup.kinematics is not None:
+        h.update(f"kinematic supersampling {setup.kinematics.forward.supersampling}".encode())
     fit_fields = dataclasses.asdict(settings)
     fit_fields.pop("progress_bar")
     h.update(json.dumps(fit_fields, sort_keys=True).encode())

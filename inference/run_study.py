@@ -163,7 +163,40 @@ def coverage_table(results: dict, modes) -> dict:
                 "mean_pull": float(np.mean(pulls)),
                 "mean_pull_err": 1.0 / math.sqrt(n),
             }
+        if rows:
+            # pooled over parameters (trials within one system are correlated: the error shown is
+            # the binomial one for independent trials, a lower bound)
+            n_all = sum(r["n"] for r in rows.values())
+            pooled = {}
+            for level in ("cov68", "cov95"):
+                p = sum(r[level] * r["n"] for r in rows.values()) / n_all
+                pooled[level] = p
+                pooled[f"{level}_err"] = math.sqrt(max(p * (1 - p), 0.25 / n_all) / n_all)
+            pulls_all = sum(r["mean_pull"] * r["n"] for r in rows.values()) / n_all
+            rows["all (pooled)"] = {
+                "n": n_all, **pooled, "mean_pull": pulls_all,
+                "mean_pull_err": 1.0 / math.sqrt(n_all),
+            }  # fmt: skip
         out[mode] = rows
+    return out
+
+
+def width_ratios(widths_by_system: dict) -> dict:
+    """Median over systems of sd(lensing) / sd(joint) for D_d, D_dt and gamma."""
+    out = {}
+    for name in ("D_d", "D_dt", "gamma"):
+        ratios = [
+            row[f"{name}_lensing"] / row[f"{name}_joint"]
+            for row in widths_by_system.values()
+            if f"{name}_lensing" in row and f"{name}_joint" in row and row[f"{name}_joint"] > 0
+        ]
+        if ratios:
+            out[name] = {
+                "n": len(ratios),
+                "median": float(np.median(ratios)),
+                "min": float(np.min(ratios)),
+                "max": float(np.max(ratios)),
+            }
     return out
 
 
@@ -307,6 +340,13 @@ def markdown(summary: dict) -> str:
         lines.append(
             f"| {k} | " + " | ".join(f"{row.get(c, float('nan')):.4g}" for c in cols) + " |"
         )
+    if summary.get("width_ratios"):
+        lines += ["", "Lensing-only sd / joint sd, over systems:", "", "| parameter | K | median |"
+                  " range |", "|---|---|---|---|"]  # fmt: skip
+        for name, r in summary["width_ratios"].items():
+            lines.append(
+                f"| {name} | {r['n']} | {r['median']:.2f} | {r['min']:.2f}-{r['max']:.2f} |"
+            )
     lines += ["", "## Importance reweighting by JAM truth (joint mode)", ""]
     for k, r in summary["reweighting"].items():
         shifts = ", ".join(f"{n} {v:+.2f}" for n, v in r["shift_in_sd"].items())
@@ -395,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         "modes": list(args.modes),
         "coverage": coverage,
         "widths": widths(results),
+        "width_ratios": width_ratios(widths(results)),
         "reweighting": reweighting,
         "timings": timings,
         "wall_s": time.perf_counter() - t0,

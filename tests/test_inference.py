@@ -20,6 +20,7 @@ from skinn_jax.inference.mock_kinematics import MockSettings, field_for_forward_
 from skinn_jax.inference.mock_system import MockSystemSettings, make_mock_system, plot_mock_system
 from skinn_jax.inference.model import (
     MODEL_QUAD_NODES,
+    MODEL_SUPERSAMPLING,
     EmulatorField,
     Priors,
     SystemData,
@@ -246,11 +247,15 @@ def test_checks_raise_before_sampling(system, data, emulator):
 def test_emulator_field_equals_field_from_quadrant(system, data, emulator):
     params = jnp.asarray(PARAMS)
     sky = system.truth.sky
+    s = MODEL_SUPERSAMPLING  # the model's default
     reference = KinematicLikelihood(
-        data.kinematics, field_from_quadrant(emulator.vrms_quadrant, emulator.vrms_at)
+        data.kinematics,
+        field_from_quadrant(emulator.vrms_quadrant, emulator.vrms_at),
+        supersampling=s,
     )
     setup = _setup(data, "kinematics", emulator=emulator)
-    generic = KinematicLikelihood(data.kinematics, EmulatorField(emulator))
+    assert setup.kinematics.forward.supersampling == s
+    generic = KinematicLikelihood(data.kinematics, EmulatorField(emulator), supersampling=s)
     expected = np.asarray(reference.predict(params, sky))
     np.testing.assert_allclose(np.asarray(generic.predict(params, sky)), expected, rtol=1e-5)
     np.testing.assert_allclose(

@@ -134,6 +134,11 @@ def fit_complete(out_dir: Path) -> bool:
     return state.get("phase") == "complete" and all((out_dir / f).exists() for f in FINAL_FILES)
 
 
+def _binomial_error(p: float, n: int) -> float:
+    """Binomial error of a fraction ``p`` of ``n`` trials (floor: p = 1/2's, for p = 0 or 1)."""
+    return math.sqrt(max(p * (1 - p), 0.25 / n) / n)
+
+
 def coverage_table(results: dict, modes) -> dict:
     """Coverage (68 %, 95 %) with binomial errors and mean pulls, per mode and parameter."""
     out = {}
@@ -157,9 +162,9 @@ def coverage_table(results: dict, modes) -> dict:
             rows[name] = {
                 "n": n,
                 "cov68": p68,
-                "cov68_err": math.sqrt(max(p68 * (1 - p68), 0.25 / n) / n),
+                "cov68_err": _binomial_error(p68, n),
                 "cov95": p95,
-                "cov95_err": math.sqrt(max(p95 * (1 - p95), 0.25 / n) / n),
+                "cov95_err": _binomial_error(p95, n),
                 "mean_pull": float(np.mean(pulls)),
                 "mean_pull_err": 1.0 / math.sqrt(n),
             }
@@ -171,7 +176,7 @@ def coverage_table(results: dict, modes) -> dict:
             for level in ("cov68", "cov95"):
                 p = sum(r[level] * r["n"] for r in rows.values()) / n_all
                 pooled[level] = p
-                pooled[f"{level}_err"] = math.sqrt(max(p * (1 - p), 0.25 / n_all) / n_all)
+                pooled[f"{level}_err"] = _binomial_error(p, n_all)
             pulls_all = sum(r["mean_pull"] * r["n"] for r in rows.values()) / n_all
             rows["all (pooled)"] = {
                 "n": n_all, **pooled, "mean_pull": pulls_all,
@@ -182,9 +187,9 @@ def coverage_table(results: dict, modes) -> dict:
 
 
 def width_ratios(widths_by_system: dict) -> dict:
-    """Median over systems of sd(lensing) / sd(joint) for D_d, D_dt and gamma."""
+    """Median over systems of sd(lensing) / sd(joint) for D_dt and gamma (lensing has no D_d)."""
     out = {}
-    for name in ("D_d", "D_dt", "gamma"):
+    for name in ("D_dt", "gamma"):
         ratios = [
             row[f"{name}_lensing"] / row[f"{name}_joint"]
             for row in widths_by_system.values()

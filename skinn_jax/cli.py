@@ -7,6 +7,7 @@ Subcommands::
     skinn-jax mge-table                                    rebuild the MGE dispersion table
     skinn-jax train     --config FILE [--max-steps N]                 train (resumable)
     skinn-jax train-baseline [--n-train N] [--components K]           PCA + MLP baseline
+    skinn-jax factorise-basis SOURCE --rank R --export DIR     factorised (faster) PCA basis
     skinn-jax evaluate  [NAME_OR_DIR ...] [--test data/test]          accuracy report in docs/
     skinn-jax fit-mock  [--system K] [--mode joint|lensing|kinematics] [--out DIR]
                         [--checkpoint PATH]             joint lensing + kinematics fit of a mock
@@ -155,7 +156,40 @@ def _add_baseline(sub) -> None:
         choices=["u", "v"],
         help="basis space: normalised second moment u or velocity v",
     )
+    p.add_argument(
+        "--clipped",
+        action="store_true",
+        help="fit the clipped truth (0 where JAM's second moment is < 0) instead of the signed "
+        "second moment (needs data sets of format version 2)",
+    )
+    p.add_argument(
+        "--basis-rank",
+        type=int,
+        default=0,
+        help="factorise the exported basis to this rank (0: dense; see factorise-basis)",
+    )
     p.add_argument("--export", default="checkpoints/pca")
+
+
+def _add_factorise(sub) -> None:
+    p = sub.add_parser(
+        "factorise-basis", help="re-export a dense PCA checkpoint with a factorised basis"
+    )
+    p.add_argument("source", help="dense pca checkpoint: shipped name or directory")
+    p.add_argument("--rank", type=int, default=80, help="rank of the row and column factors")
+    p.add_argument("--export", required=True, help="output checkpoint directory")
+    p.add_argument("--val", default="data/val", help="validation set for the error report")
+    p.add_argument("--n-val", type=int, default=200)
+
+
+def _run_factorise(args) -> int:
+    from skinn_jax.emulator import resolve_checkpoint
+    from skinn_jax.training.baseline import factorise_checkpoint
+
+    source = resolve_checkpoint(args.source)
+    report = factorise_checkpoint(str(source), args.rank, args.export, args.val, args.n_val)
+    print(json.dumps(report, indent=1))
+    return 0
 
 
 def _run_baseline(args) -> int:
@@ -173,6 +207,8 @@ def _run_baseline(args) -> int:
         learning_rate=args.learning_rate,
         n_pca_maps=args.pca_maps,
         target=args.target,
+        signed=not args.clipped,
+        basis_rank=args.basis_rank,
         export=args.export,
     )
     print(json.dumps(train_baseline(cfg), indent=1))
@@ -335,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("mge-table", help="rebuild training/mge_table.npz (a few minutes)")
     _add_train(sub)
     _add_baseline(sub)
+    _add_factorise(sub)
     _add_evaluate(sub)
     _add_fit_mock(sub)
     args = parser.parse_args(argv)
@@ -344,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "mge-table": _run_mge_table,
         "train": _run_train,
         "train-baseline": _run_baseline,
+        "factorise-basis": _run_factorise,
         "evaluate": _run_evaluate,
         "fit-mock": _run_fit_mock,
     }

@@ -23,7 +23,7 @@ import numpy as np
 
 from .checkpoint import load_checkpoint
 from .grid import HALF_WIDTH_ARCSEC, QUADRANT_SIZE, mirror_index, quadrant_coordinates
-from .networks import NetworkConfig, make_network, relative_velocity, velocity_scale
+from .networks import NetworkConfig, dense_pca, make_network, relative_velocity, velocity_scale
 from .params import PARAM_NAMES, normalise_params, validate_params
 
 _MIRROR_INDEX = mirror_index()
@@ -86,6 +86,12 @@ class Emulator:
         self.metadata = metadata or {}
         self._net = make_network(config)
         self._grid_features = None
+        # a factorised PCA basis gives full maps; points are looked up in its dense twin
+        self._factorised = config.kind == "pca" and config.basis_rank > 0
+        self._point_net, self._point_variables = self._net, self.variables
+        if self._factorised:
+            dense_config, dense_variables = dense_pca(config, self.variables)
+            self._point_net, self._point_variables = make_network(dense_config), dense_variables
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Emulator:
@@ -101,7 +107,7 @@ class Emulator:
 
     def features(self, x, y):
         """Per-pixel features (..., K + 1) at galaxy-frame coordinates (arcsec)."""
-        return self._net.apply(self.variables, x, y, method="features")
+        return self._point_net.apply(self._point_variables, x, y, method="features")
 
     def style(self, p):
         """Style vector (..., K + 1) for parameters (..., 8) in physical units."""
@@ -144,9 +150,10 @@ class Emulator:
         self._check(p, x, y)
         p = jnp.asarray(p, jnp.result_type(float))
         x, y = jnp.broadcast_arrays(jnp.asarray(x, p.dtype), jnp.asarray(y, p.dtype))
-        feats = self.features(x, y)  # S + (K+1,)
         style = self.style(p)  # (..., K+1)
-        u = jnp.einsum("...k,bk->b...", feats, style.reshape(-1, style.shape[-1]))
+        u = self._point_net.apply(
+            self._point_variables, style.reshape(-1, style.shape[-1]), x, y, method="values_at"
+        )
         u = u.reshape(p.shape[:-1] + x.shape)
         return self.velocity_from_output(p, u)
 
@@ -166,8 +173,11 @@ class Emulator:
         self._check(p)
         p = jnp.asarray(p, jnp.result_type(float))
         style = self.style(p)
-        u = style @ self.grid_features().T.astype(style.dtype)
-        u = u.reshape(p.shape[:-1] + (QUADRANT_SIZE, QUADRANT_SIZE))
+        if self._factorised:
+            u = self._net.apply(self.variables, style, method="quadrant")
+        else:
+            u = style @ self.grid_features().T.astype(style.dtype)
+            u = u.reshape(p.shape[:-1] + (QUADRANT_SIZE, QUADRANT_SIZE))
         return self.velocity_from_output(p, u)
 
     def vrms_map(self, p):

@@ -75,8 +75,13 @@ def relative_velocity(out, target: str = "u"):
 
 def normalised_target(relative_vrms, target: str = "u"):
     """The training target in ``target`` space from ``v_rms / v_scale`` (inverse of
-    :func:`relative_velocity` where ``v_rms > 0``)."""
-    return relative_vrms**2 if target == "u" else relative_vrms
+    :func:`relative_velocity` where ``v_rms > 0``).
+
+    A negative input is a *signed* velocity ``sign(v2) sqrt(|v2|) / v_scale`` (the data sets'
+    ``vrms + vrms_negative``): its target is the signed second moment ``v2 / v_scale**2`` in
+    ``u`` and the signed velocity itself in ``v``, both smooth across the zero boundary.
+    """
+    return relative_vrms * jnp.abs(relative_vrms) if target == "u" else relative_vrms
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,10 @@ class NetworkConfig:
         target: what the network outputs per pixel: ``"u"``, the normalised second moment
             ``(v_rms / v_scale)**2`` (v_rms = v_scale sqrt(max(u, 0))), or ``"v"``, the normalised
             velocity ``v_rms / v_scale`` (v_rms = v_scale max(out, 0)).
+        basis_rank: pca only: 0 stores the basis densely, ``(276, 276, K + 1)``; ``r > 0``
+            stores it factorised, ``basis[i, j, k] = sum_ab rows[i, a] core[a, b, k] cols[j, b]``
+            (a truncated Tucker decomposition, :func:`factorise_basis`), which makes a full map
+            two small matrix products instead of one product with the whole basis.
     """
 
     kind: str = "cips"
@@ -110,6 +119,7 @@ class NetworkConfig:
     embedding_shape: tuple[int, int, int] = (64, 17, 16)
     extra: dict = field(default_factory=dict)
     target: str = "u"
+    basis_rank: int = 0
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -158,6 +168,40 @@ def bilinear_lookup(table, u, v):
         + table[iu, iv + 1] * (1 - du) * dv
         + table[iu + 1, iv + 1] * du * dv
     )
+
+
+def linear_lookup(table, t):
+    """Linear interpolation of the rows of ``table`` (N, C) at ``t`` in [0, 1] (clipped), (..., C).
+
+    The one-dimensional factor of :func:`bilinear_lookup`: bilinear interpolation of a factorised
+    table ``sum_ab R[i, a] M[a, b] C[j, b]`` is ``linear(R, u) M linear(C, v)``, exactly.
+    """
+    n = table.shape[0]
+    f = jnp.clip(t, 0.0, 1.0) * (n - 1)
+    i = jnp.clip(jnp.floor(f).astype(jnp.int32), 0, n - 2)
+    d = (f - i)[..., None]
+    return table[i] * (1 - d) + table[i + 1] * d
+
+
+def factorise_basis(basis, rank: int):
+    """Truncated Tucker (higher-order SVD) factors of a quadrant basis ``(N, N, C)``.
+
+    Returns ``(rows (N, rank), core (rank, rank, C), cols (N, rank))`` with orthonormal ``rows``
+    and ``cols`` (the leading left singular vectors of the basis unfolded along its row and its
+    column axis), so that ``einsum('ia,abk,jb->ijk', rows, core, cols)`` is the projection of
+    ``basis`` onto them. NumPy, float64 internally.
+    """
+    import numpy as np
+
+    b = np.asarray(basis, np.float64)
+    n_rows, n_cols, _ = b.shape
+    if not 0 < rank <= min(n_rows, n_cols):
+        raise ValueError(f"basis rank must be in [1, {min(n_rows, n_cols)}], got {rank}")
+    rows = np.linalg.svd(b.reshape(n_rows, -1), full_matrices=False)[0][:, :rank]
+    cols = np.linalg.svd(b.transpose(1, 0, 2).reshape(n_cols, -1), full_matrices=False)[0]
+    cols = cols[:, :rank]
+    core = np.einsum("ia,ijk,jb->abk", rows, b, cols, optimize=True)
+    return rows.astype(np.float32), core.astype(np.float32), cols.astype(np.float32)
 
 
 class MappingNetwork(nn.Module):
@@ -219,6 +263,10 @@ class CIPSNet(nn.Module):
         """Style vector (..., K + 1) for normalised parameters (..., 8)."""
         return self.mapping(p_norm)
 
+    def values_at(self, style, x, y):
+        """``u`` (B, *S) for style vectors (B, K + 1) at points ``x, y`` of shape S."""
+        return jnp.einsum("...k,bk->b...", self.features(x, y), style)
+
     def __call__(self, p_norm, x, y):
         """u for every map in ``p_norm`` (B, 8) at every point of ``x, y`` (P,) -> (B, P)."""
         return self.style(p_norm) @ self.features(x, y).T
@@ -227,8 +275,10 @@ class CIPSNet(nn.Module):
 class PCANet(nn.Module):
     """The baseline: a fixed PCA basis of the quadrant maps and an MLP for its coefficients.
 
-    The basis (``constants`` collection: ``mean`` and ``components`` on the 276 x 276 quadrant)
-    is computed from the training maps; between pixels it is interpolated bilinearly.
+    The basis (``constants`` collection, the mean map and the components on the 276 x 276
+    quadrant) is computed from the training maps; between pixels it is interpolated bilinearly.
+    Stored densely (``basis``, (276, 276, K + 1)) or, with ``config.basis_rank = r``, factorised
+    (``rows`` (276, r), ``core`` (r, r, K + 1), ``cols`` (276, r), :func:`factorise_basis`).
     """
 
     config: NetworkConfig
@@ -236,16 +286,33 @@ class PCANet(nn.Module):
     def setup(self):
         self.mapping = MappingNetwork(self.config)
         n = QUADRANT_SIZE
-        k = self.config.n_basis
-        self.basis = self.variable(
-            "constants", "basis", lambda: jnp.zeros((n, n, k + 1), jnp.float32)
-        )
+        k = self.config.n_basis + 1
+        r = self.config.basis_rank
+        if r:
+            self.rows = self.variable("constants", "rows", lambda: jnp.zeros((n, r), jnp.float32))
+            self.core = self.variable(
+                "constants", "core", lambda: jnp.zeros((r, r, k), jnp.float32)
+            )
+            self.cols = self.variable("constants", "cols", lambda: jnp.zeros((n, r), jnp.float32))
+        else:
+            self.basis = self.variable(
+                "constants", "basis", lambda: jnp.zeros((n, n, k), jnp.float32)
+            )
+
+    @staticmethod
+    def _grid_position(x, y):
+        # quadrant pixel [i, j] is at ((j - 275) * 0.02, (i - 275) * 0.02); fold onto x, y <= 0
+        row = (HALF_WIDTH_ARCSEC - jnp.abs(y)) / HALF_WIDTH_ARCSEC
+        col = (HALF_WIDTH_ARCSEC - jnp.abs(x)) / HALF_WIDTH_ARCSEC
+        return row, col
 
     def features(self, x, y):
-        # quadrant pixel [i, j] is at ((j - 275) * 0.02, (i - 275) * 0.02); fold onto x, y <= 0
-        col = (HALF_WIDTH_ARCSEC - jnp.abs(x)) / (HALF_WIDTH_ARCSEC)
-        row = (HALF_WIDTH_ARCSEC - jnp.abs(y)) / (HALF_WIDTH_ARCSEC)
-        return bilinear_lookup(self.basis.value, row, col)
+        row, col = self._grid_position(x, y)
+        if not self.config.basis_rank:
+            return bilinear_lookup(self.basis.value, row, col)
+        a = linear_lookup(self.rows.value, row)
+        b = linear_lookup(self.cols.value, col)
+        return jnp.einsum("...a,abk,...b->...k", a, self.core.value, b)
 
     def style(self, p_norm):
         # The mean map's coefficient is exactly 1: predicting it would put a large-norm,
@@ -253,8 +320,34 @@ class PCANet(nn.Module):
         coeffs = self.mapping(p_norm)[..., 1:]
         return jnp.concatenate([jnp.ones_like(coeffs[..., :1]), coeffs], axis=-1)
 
+    def values_at(self, style, x, y):
+        """``u`` (B, *S) for style vectors (B, K + 1) at points ``x, y`` of shape S."""
+        return jnp.einsum("...k,bk->b...", self.features(x, y), style)
+
+    def quadrant(self, style):
+        """``u`` on the quadrant grid (..., 276, 276) for style vectors (..., K + 1); factorised
+        basis only (a dense basis is the product with the emulator's cached grid features)."""
+        if not self.config.basis_rank:
+            raise ValueError("PCANet.quadrant needs a factorised basis (basis_rank > 0)")
+        m = jnp.einsum("abk,...k->...ab", self.core.value, style)
+        return jnp.einsum("ia,...ab,jb->...ij", self.rows.value, m, self.cols.value)
+
     def __call__(self, p_norm, x, y):
         return self.style(p_norm) @ self.features(x, y).T
+
+
+def dense_pca(config: NetworkConfig, variables) -> tuple[NetworkConfig, dict]:
+    """The dense twin ``(config, variables)`` of a factorised PCA network: the same coefficient
+    network with the basis multiplied out, ``(276, 276, K + 1)``.
+
+    Point lookups (``features``, ``vrms_at``) are fastest on the dense basis (four rows per
+    point) and full maps on the factors, so the emulator keeps both; they agree to float32
+    rounding.
+    """
+    c = variables["constants"]
+    basis = jnp.einsum("ia,abk,jb->ijk", c["rows"], c["core"], c["cols"])
+    dense = NetworkConfig(**{**config.to_dict(), "basis_rank": 0})
+    return dense, {"params": variables["params"], "constants": {"basis": basis}}
 
 
 def make_network(config: NetworkConfig) -> nn.Module:

@@ -14,13 +14,13 @@ import pytest
 from skinn_jax.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from skinn_jax.emulator import Emulator
 from skinn_jax.grid import map_coordinates
-from skinn_jax.networks import NetworkConfig, make_network
+from skinn_jax.networks import NetworkConfig, dense_pca, factorise_basis, make_network
 from skinn_jax.params import INCLINATION_MIN_DEG, PARAM_NAMES, sample_params
 
 P = np.array([1.2, 2.0, 0.8, 0.75, 0.9, 3.5, 0.1, 70.0])
 
 
-def _random_emulator(kind="cips", seed=0):
+def _random_emulator(kind="cips", seed=0, basis_rank=0):
     config = NetworkConfig(
         kind=kind,
         n_basis=8,
@@ -41,6 +41,10 @@ def _random_emulator(kind="cips", seed=0):
         variables["constants"]["basis"] = rng.uniform(
             0.5, 1.0, variables["constants"]["basis"].shape
         ).astype(np.float32)
+    if basis_rank:
+        rows, core, cols = factorise_basis(variables["constants"]["basis"], basis_rank)
+        config = NetworkConfig(**{**config.to_dict(), "basis_rank": basis_rank})
+        variables["constants"] = {"rows": rows, "core": core, "cols": cols}
     return Emulator(config, variables), config, variables
 
 
@@ -63,9 +67,9 @@ def test_shapes_and_mirror_symmetry(emu):
     np.testing.assert_allclose(batch[1], m, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["cips", "pca"])
-def test_vrms_map_and_vrms_at_agree_on_grid_points(kind):
-    emu = _random_emulator(kind)[0]
+@pytest.mark.parametrize("kind, rank", [("cips", 0), ("pca", 0), ("pca", 5)])
+def test_vrms_map_and_vrms_at_agree_on_grid_points(kind, rank):
+    emu = _random_emulator(kind, basis_rank=rank)[0]
     x, y = map_coordinates()
     rng = np.random.default_rng(1)
     i, j = rng.integers(0, 551, 300), rng.integers(0, 551, 300)
@@ -143,9 +147,9 @@ def test_eager_calls_validate(emu):
         emu.vrms_map(P[:7])
 
 
-@pytest.mark.parametrize("kind", ["cips", "pca"])
-def test_checkpoint_round_trip_is_bit_exact(tmp_path, kind):
-    emu, config, variables = _random_emulator(kind, seed=4)
+@pytest.mark.parametrize("kind, rank", [("cips", 0), ("pca", 0), ("pca", 5)])
+def test_checkpoint_round_trip_is_bit_exact(tmp_path, kind, rank):
+    emu, config, variables = _random_emulator(kind, seed=4, basis_rank=rank)
     path = save_checkpoint(tmp_path / "ck", config, variables, {"note": "test"})
     loaded = Emulator.load(path)
     for a, b in zip(
@@ -156,6 +160,39 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path, kind):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     np.testing.assert_array_equal(np.asarray(loaded.vrms_map(P)), np.asarray(emu.vrms_map(P)))
     assert loaded.metadata["note"] == "test"
+
+
+def test_factorised_basis_is_the_projection_of_the_dense_one():
+    rng = np.random.default_rng(3)
+    # a basis of exact row/column rank 6 plus a small full-rank part
+    a, b = rng.standard_normal((276, 6)), rng.standard_normal((276, 6))
+    core = rng.standard_normal((6, 6, 9))
+    exact = np.einsum("ia,abk,jb->ijk", a, core, b)
+    noisy = exact + 1e-3 * rng.standard_normal(exact.shape)
+    for basis, rank, tol in ((exact, 6, 1e-4), (noisy, 6, 1e-2), (noisy, 276, 1e-4)):
+        rows, c, cols = factorise_basis(basis, rank)
+        np.testing.assert_allclose(rows.T @ rows, np.eye(rank), atol=1e-4)
+        back = np.einsum("ia,abk,jb->ijk", rows, c, cols)
+        assert np.max(np.abs(back - basis)) < tol * np.max(np.abs(basis))
+    with pytest.raises(ValueError, match="rank"):
+        factorise_basis(exact, 300)
+
+
+def test_factorised_emulator_matches_its_dense_twin():
+    emu, config, variables = _random_emulator("pca", seed=2, basis_rank=5)
+    dense_config, dense_variables = dense_pca(config, variables)
+    dense = Emulator(dense_config, dense_variables)
+    batch = sample_params(np.random.default_rng(0), 3)
+    np.testing.assert_allclose(
+        np.asarray(emu.vrms_map(batch)), np.asarray(dense.vrms_map(batch)), rtol=1e-5, atol=1e-3
+    )
+    # off-grid points: bilinear interpolation of the factorised basis is exact in the factors
+    net = make_network(config)
+    x, y = np.array([-1.234, 0.517, 3.3]), np.array([0.0071, -2.2, 4.9])
+    feats = net.apply(emu.variables, x, y, method="features")
+    np.testing.assert_allclose(feats, dense.features(x, y), rtol=1e-4, atol=1e-5)
+    grad = jax.grad(lambda p: jnp.sum(emu.vrms_map(p)))(jnp.asarray(P, jnp.float32))
+    assert np.all(np.isfinite(grad)) and np.any(grad != 0)
 
 
 def test_corrupt_or_mismatched_checkpoints_fail_clearly(tmp_path):

@@ -10,6 +10,7 @@ from skinn_jax.training.jam import (
     jam_quadrant,
     jam_vrms,
     jampy_direct,
+    jampy_signed_v2,
 )
 
 from skinn_jax.cosmology import FIDUCIAL, lens_distances, vrms_distance_factor
@@ -174,6 +175,39 @@ def test_zero_second_moments_are_stored_as_zero_and_counted():
     pick = zero_idx[len(zero_idx) // 2 :: max(1, len(zero_idx) // 5)][:5]
     direct = jampy_direct(jam_model(p), x.ravel()[pick], y.ravel()[pick])
     assert np.all(direct < 1.0)
+
+
+def test_signed_second_moment_is_jampy_before_its_clip():
+    # the zero-pixel case above: jampy's sqrt(clip(v2, 0)) must equal sqrt of our signed v2
+    # wherever that is positive, and return 0 exactly where it is negative
+    p = np.array([0.5, 2.5, 0.6, 1.0, 0.5, 2.0, 0.4, 90.0])
+    model = jam_model(p)
+    x = -np.linspace(0.05, 5.4, 12)
+    xs, ys = (v.ravel() for v in np.meshgrid(x, x))
+    v2 = jampy_signed_v2(model, xs, ys)
+    assert (v2 < 0).any() and (v2 > 0).any()
+    np.testing.assert_allclose(
+        np.sqrt(np.clip(v2, 0, None)), jampy_direct(model, xs, ys), rtol=1e-12
+    )
+
+
+def test_quadrant_keeps_the_signed_velocity_where_the_truth_is_clipped():
+    p = np.array([0.5, 2.5, 0.6, 1.0, 0.5, 2.0, 0.4, 90.0])
+    jam = jam_quadrant(p)
+    negative = jam.vrms_negative < 0
+    assert negative.sum() == jam.n_zero > 0
+    assert np.all(jam.vrms[negative] == 0) and np.all(jam.vrms_negative[~negative] == 0)
+    # the signed map is continuous across the zero boundary: no jump between neighbours larger
+    # than elsewhere in the map
+    signed = jam.vrms + jam.vrms_negative
+    jumps = np.abs(np.diff(signed, axis=0))
+    boundary = negative[1:] != negative[:-1]
+    assert jumps[boundary].max() < 2 * jumps[~boundary & (jam.vrms[1:] > 0)].max()
+    # the interpolation is of the signed moment: a few zero pixels checked against jampy
+    x, y = quadrant_coordinates()
+    pick = np.flatnonzero(negative.ravel())[:: max(1, jam.n_zero // 6)][:6]
+    direct = jampy_signed_v2(jam_model(p), x.ravel()[pick], y.ravel()[pick])
+    np.testing.assert_allclose(-np.sqrt(-direct), jam.vrms_negative.ravel()[pick], rtol=0.01)
 
 
 def test_bad_parameters_raise():

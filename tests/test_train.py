@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +130,7 @@ def test_baseline_trains_exports_and_loads(data, tmp_path, target):
     cfg = BaselineConfig(
         train_data=str(data / "train"), val_data=str(data / "val"), n_val=4, n_components=4,
         n_pca_maps=8, steps=200, batch=8, mapping_width=32, mapping_depth=2, target=target,
-        export=str(tmp_path / "pca"),
+        signed=target == "u", export=str(tmp_path / "pca"),
     )  # fmt: skip
     result = train_baseline(cfg, progress=False)
     emu = Emulator.load(tmp_path / "pca")
@@ -139,3 +140,28 @@ def test_baseline_trains_exports_and_loads(data, tmp_path, target):
     }
     # 4 components from 8 JAM maps: a crude emulator, but a v_rms map of the right scale
     assert 0.0 < result["val_median_abs_E"] < 30.0
+    if target == "v":
+        with pytest.raises(ValueError, match="signed maps need target 'u'"):
+            train_baseline(replace(cfg, signed=True), progress=False)
+
+
+def test_signed_maps_are_the_truth_plus_its_negative_part(data, tmp_path):
+    import shutil
+
+    from skinn_jax.training.generate import DataSet
+    from skinn_jax.training.train import load_maps
+
+    params, clipped, n_zero = load_maps(data / "train")
+    _, signed, _ = load_maps(data / "train", signed=True)
+    negative = DataSet(data / "train").load(("vrms_negative",))["vrms_negative"]
+    np.testing.assert_array_equal(signed, clipped + negative.reshape(len(params), -1))
+    assert np.all(negative <= 0) and np.all(clipped[negative.reshape(len(params), -1) < 0] == 0)
+    assert np.all(n_zero >= (negative < 0).reshape(len(params), -1).sum(axis=1))
+    # a format-1 data set has no signed part: refused with a clear error
+    old = tmp_path / "old"
+    shutil.copytree(data / "train", old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="format version 1"):
+        load_maps(old, signed=True)

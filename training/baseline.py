@@ -1,11 +1,14 @@
 """The PCA + MLP baseline emulator (``skinn-jax train-baseline``).
 
 A plain linear basis: the principal components of the normalised second-moment maps
-``u = (v_rms / v_scale)**2`` on the training quadrants, and a mapping network (the same
-:class:`skinn_jax.networks.MappingNetwork` as CIPS) that predicts ``[1, c_1 .. c_K]`` from the
-eight parameters. Because the components are orthonormal, the MSE on the coefficients is the
-pixel MSE of ``u`` within the basis. Exported behind the same :class:`skinn_jax.Emulator`
+``u = v2 / v_scale**2`` on the training quadrants (by default the *signed* second moment, which
+crosses zero smoothly where JAM's solution turns unphysical and the truth is clipped to 0 km/s;
+the emulator clips its own output, ``v_rms = v_scale sqrt(max(u, 0))``), and a mapping network
+(the same :class:`skinn_jax.networks.MappingNetwork` as CIPS) that predicts ``[1, c_1 .. c_K]``
+from the eight parameters. Because the components are orthonormal, the MSE on the coefficients
+is the pixel MSE of ``u`` within the basis. Exported behind the same :class:`skinn_jax.Emulator`
 interface (network kind ``"pca"``); between grid pixels its basis is interpolated bilinearly.
+With ``basis_rank`` the exported basis is factorised (:func:`factorise_checkpoint`).
 """
 
 from __future__ import annotations
@@ -18,17 +21,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from skinn_jax.checkpoint import save_checkpoint
+from skinn_jax.checkpoint import load_checkpoint, save_checkpoint
+from skinn_jax.emulator import Emulator
 from skinn_jax.grid import QUADRANT_SIZE
 from skinn_jax.networks import (
     NetworkConfig,
     count_parameters,
+    factorise_basis,
     make_network,
     normalised_target,
     velocity_scale,
 )
 from skinn_jax.params import normalise_params
 
+from .evaluate import predict
 from .generate import DataSet
 from .train import full_map_errors, load_maps, predict_quadrants
 
@@ -48,6 +54,8 @@ class BaselineConfig:
     mapping_depth: int = 4
     seed: int = 0
     target: str = "u"
+    signed: bool = True
+    basis_rank: int = 0
     export: str = "checkpoints/pca"
 
 
@@ -75,8 +83,15 @@ def pca_basis(u: np.ndarray, k: int, seed: int = 0, power_iterations: int = 3):
 def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
     from tqdm import tqdm
 
+    if cfg.signed and cfg.target != "u":
+        raise ValueError(
+            f"signed maps need target 'u' (the signed second moment is smooth across the zero "
+            f"boundary; the signed velocity has a square-root cusp there): got target "
+            f"{cfg.target!r}; use signed=False (train-baseline --clipped)"
+        )
     t_cpu = time.process_time()
-    params_train, vrms_train, _ = load_maps(cfg.train_data, cfg.n_train)
+    # the fit sees the signed maps; validation compares with the clipped truth
+    params_train, vrms_train, _ = load_maps(cfg.train_data, cfg.n_train, signed=cfg.signed)
     params_val, vrms_val, _ = load_maps(cfg.val_data)
     params_val, vrms_val = params_val[: cfg.n_val], vrms_val[: cfg.n_val]
     n_pca = min(cfg.n_pca_maps, len(params_train))
@@ -158,4 +173,74 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
         "validation_metrics": metrics,
     }
     save_checkpoint(cfg.export, config, jax.tree_util.tree_map(np.asarray, variables), info)
-    return {**metrics, "cpu_seconds": cpu, "exported": cfg.export}
+    result = {**metrics, "cpu_seconds": cpu, "exported": cfg.export}
+    if cfg.basis_rank:
+        result["factorisation"] = factorise_checkpoint(
+            cfg.export, cfg.basis_rank, cfg.export, cfg.val_data, cfg.n_val
+        )
+    return result
+
+
+def factorise_checkpoint(
+    source: str, rank: int, export: str, val_data: str = "data/val", n_val: int = 200
+) -> dict:
+    """Re-export a dense PCA checkpoint with its basis factorised to ``rank`` (Tucker, HOSVD).
+
+    The coefficient network is unchanged; the factorisation's own error is measured on the
+    validation maps (km/s, per map over the full 551 x 551 pixels, against the dense basis and
+    against the truth) and stored in the metadata under ``factorisation``.
+
+    Args:
+        source: dense ``pca`` checkpoint directory (``basis_rank = 0``).
+        rank: rank of the row and column factors (<= 276).
+        export: output directory (may be ``source``: it is replaced atomically).
+        val_data: validation data set for the error measurement.
+        n_val: number of validation maps.
+    """
+    config, variables, metadata = load_checkpoint(source)
+    if config.kind != "pca" or config.basis_rank:
+        raise ValueError(
+            f"{source} is not a dense pca checkpoint (kind {config.kind!r}, "
+            f"basis_rank {config.basis_rank})"
+        )
+    basis = variables["constants"]["basis"]
+    rows, core, cols = factorise_basis(basis, rank)
+    new_config = NetworkConfig(**{**config.to_dict(), "basis_rank": rank})
+    new_variables = {
+        "params": variables["params"],
+        "constants": {"rows": rows, "core": core, "cols": cols},
+    }
+    params_val, vrms_val, _ = load_maps(val_data, n_val)
+    dense = predict(Emulator(config, variables), params_val)
+    factorised = predict(Emulator(new_config, new_variables), params_val)
+    _, to_dense = full_map_errors(factorised, dense)
+    _, dense_err = full_map_errors(dense, vrms_val)
+    _, factorised_err = full_map_errors(factorised, vrms_val)
+    report = {
+        "rank": rank,
+        "source": str(source),
+        "val_maps": len(params_val),
+        "median_abs_E_vs_dense": float(np.median(to_dense)),
+        "p95_abs_E_vs_dense": float(np.percentile(to_dense, 95)),
+        "val_median_abs_E_dense": float(np.median(dense_err)),
+        "val_p95_abs_E_dense": float(np.percentile(dense_err, 95)),
+        "val_median_abs_E": float(np.median(factorised_err)),
+        "val_p95_abs_E": float(np.percentile(factorised_err, 95)),
+    }
+    keep = {k: v for k, v in metadata.items() if k not in _CHECKPOINT_OWN_KEYS}
+    save_checkpoint(export, new_config, new_variables, {**keep, "factorisation": report})
+    return report
+
+
+_CHECKPOINT_OWN_KEYS = frozenset(
+    {
+        "format_version",
+        "skinn_jax_version",
+        "created",
+        "network",
+        "param_names",
+        "training_box",
+        "weights_sha256",
+    }
+)
+"""Metadata that :func:`skinn_jax.checkpoint.save_checkpoint` writes itself."""

@@ -19,6 +19,10 @@ Shard contents (all arrays, first axis = map):
 
 * ``index`` (int64): global map index; ``params`` (float64, (S, 8)): CONVENTIONS §1 order;
 * ``vrms`` (float32, (S, 276, 276)): v_rms (km/s) on the quadrant ``[:276, :276]`` of §5;
+* ``vrms_negative`` (float32, (S, 276, 276)): ``-sqrt(-v2)`` (km/s) where JAM's signed second
+  moment ``v2`` is negative, else 0; ``vrms + vrms_negative`` is the signed velocity
+  ``sign(v2) sqrt(|v2|)``, smooth across the zero boundary (stored deflate-compressed: it is
+  zero almost everywhere);
 * ``n_zero`` (int32): pixels whose JAM second moment is <= 0 (stored as 0 km/s);
 * ``light_rel_error``, ``mass_rel_error`` (float64): checked MGE accuracy over 0.01-8 arcsec.
 """
@@ -45,7 +49,9 @@ from skinn_jax.params import PARAM_NAMES, sample_params
 from .jam import DEFAULT_SETTINGS, JamSettings, jam_quadrant
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: shards hold ``vrms_negative`` (the signed second moment where it is < 0)."""
+COMPRESSED_ARRAYS = frozenset({"vrms_negative"})
 _SINGLE_THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
@@ -81,9 +87,10 @@ def _write_npz_deterministic(path: Path, arrays: dict[str, np.ndarray]) -> None:
         for name, array in arrays.items():
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
-            zf.writestr(
-                zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue()
-            )
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            if name in COMPRESSED_ARRAYS:
+                info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, buf.getvalue())
 
 
 def sha256_file(path: Path) -> str:
@@ -104,6 +111,7 @@ def compute_shard(task: ShardTask) -> dict[str, np.ndarray | float]:
         "index": np.arange(task.start, task.stop, dtype=np.int64),
         "params": np.empty((n, len(PARAM_NAMES))),
         "vrms": np.empty((n, QUADRANT_SIZE, QUADRANT_SIZE), dtype=np.float32),
+        "vrms_negative": np.empty((n, QUADRANT_SIZE, QUADRANT_SIZE), dtype=np.float32),
         "n_zero": np.empty(n, dtype=np.int32),
         "light_rel_error": np.empty(n),
         "mass_rel_error": np.empty(n),
@@ -114,6 +122,7 @@ def compute_shard(task: ShardTask) -> dict[str, np.ndarray | float]:
         jam = jam_quadrant(p, settings=settings)
         out["params"][k] = p
         out["vrms"][k] = jam.vrms
+        out["vrms_negative"][k] = jam.vrms_negative
         out["n_zero"][k] = jam.n_zero
         out["light_rel_error"][k] = jam.light_rel_error
         out["mass_rel_error"][k] = jam.mass_rel_error

@@ -22,9 +22,14 @@ moved to ``(CENTRE_OFFSET_ARCSEC, 0)``.
 Zero and negative second moments
 --------------------------------
 For high ``beta_z`` and round light, the projected second moment can come out <= 0 in parts of
-the map (paper Sec. 4.1). jampy reports such points as exactly 0 km/s (it returns
-``sqrt(clip(v2, 0))``). We interpolate the clipped ``v_rms**2``, clip again and store those pixels
-as 0 km/s; :class:`JamMap` counts them.
+the map (paper Sec. 4.1). jampy reports such points as exactly 0 km/s (``jam_axi_proj`` returns
+``sqrt(clip(v2, 0))``). The truth keeps that: v_rms is 0 km/s there and :class:`JamMap` counts
+those pixels. Before the clip, though, the second moment is a smooth function that crosses zero,
+so we take it *signed* from jampy's own projection routine (``psf_conv``, the function
+``jam_axi_proj`` calls before it clips; :func:`jampy_signed_v2`), interpolate the smooth signed
+function, and clip only at the end. Interpolating the clipped values instead would put the
+spline's ringing around the kink into the truth. The signed values are also kept
+(:attr:`JamMap.vrms_negative`): an emulator can learn the smooth function and clip its own output.
 """
 
 from __future__ import annotations
@@ -156,6 +161,36 @@ def jampy_direct(model: JamModel, x: np.ndarray, y: np.ndarray, analytic_los: bo
     return np.asarray(jam.model, dtype=float)
 
 
+def jampy_signed_v2(model: JamModel, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """jampy's projected second moment ``<v_los**2>`` (km^2/s^2) *before* its clip at zero.
+
+    The same computation as :func:`jampy_direct` (``align='cyl'``, ``moment='zz'``, analytic
+    line-of-sight integral, no PSF, every point evaluated directly), through jampy's
+    ``psf_conv``, which ``jam_axi_proj`` calls and then returns as ``sqrt(clip(v2, 0))``. Where
+    the result is positive, ``sqrt`` of it is ``jampy_direct`` (tested); where it is negative the
+    Jeans solution is unphysical and the truth is 0 km/s.
+
+    Args:
+        model: MGE inputs from :func:`jam_model`.
+        x, y: galaxy-frame coordinates, arcsec, 1-D of equal length, none exactly at (0, 0).
+    """
+    from jampy.axi.jam_axi_proj import psf_conv
+
+    x = np.asarray(x, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    kl, km = model.surf_light.size, model.surf_mass.size
+    pc = model.distance_mpc * np.pi / 0.648  # arcsec -> pc, as jam_axi_proj converts
+    # nrad * nang > number of points without PSF: psf_conv evaluates every point directly.
+    v2, *_ = psf_conv(
+        x * pc, y * pc, model.inclination_deg,
+        model.surf_light, model.sigma_light * pc, np.full(kl, model.q_light),
+        model.surf_mass, model.sigma_mass * pc, np.full(km, model.q_mass),
+        0.0, np.full(kl, model.beta_z), np.zeros(kl), False, "zz", "cyl",
+        np.zeros(1), np.ones(1), 0.0, 0.0, 0.0, 10**6, 10**6, 1500, 1e-2, True, True,
+    )  # fmt: skip
+    return np.asarray(v2, dtype=float)
+
+
 def _mirror_angles(angles: np.ndarray, values: np.ndarray, k: int = 3):
     """Extend samples on [0, pi/2] by f(-a) = f(a) and f(pi - a) = f(a) (k points each side)."""
     ext_angles = np.concatenate([-angles[k:0:-1], angles, np.pi - angles[-2 : -k - 2 : -1]])
@@ -169,10 +204,14 @@ def _elliptical_polar(x, y, q):
     return radius, angle
 
 
-def jam_vrms_squared_clipped(
+def jam_vrms_squared(
     model: JamModel, x: np.ndarray, y: np.ndarray, settings: JamSettings = DEFAULT_SETTINGS
 ) -> np.ndarray:
-    """Clipped second moment ``max(v_rms**2, 0)`` (km^2/s^2) at galaxy-frame points ``x, y``."""
+    """Signed second moment ``<v_los**2>`` (km^2/s^2) at galaxy-frame points ``x, y``.
+
+    Negative where JAM's Jeans solution is unphysical (the truth there is 0 km/s); see
+    :func:`jam_vrms_squared_clipped` for the truth.
+    """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     shape = np.broadcast_shapes(x.shape, y.shape)
@@ -181,7 +220,7 @@ def jam_vrms_squared_clipped(
     x = np.where(at_centre, CENTRE_OFFSET_ARCSEC, x)
     n_grid = settings.n_radii * settings.n_angles
     if settings.direct or x.size <= n_grid:
-        return (jampy_direct(model, x, y) ** 2).reshape(shape)
+        return jampy_signed_v2(model, x, y).reshape(shape)
 
     q = model.q_light
     radius, angle = _elliptical_polar(x, y, q)
@@ -193,15 +232,22 @@ def jam_vrms_squared_clipped(
     lr, an = np.meshgrid(log_r, angles, indexing="ij")
     grid_x = np.exp(lr) * np.cos(an)
     grid_y = np.exp(lr) * np.sin(an) * q
-    v2_grid = jampy_direct(model, grid_x.ravel(), grid_y.ravel()).reshape(lr.shape) ** 2
+    v2_grid = jampy_signed_v2(model, grid_x.ravel(), grid_y.ravel()).reshape(lr.shape)
     ext_angles, ext_v2 = _mirror_angles(angles, v2_grid)
     spline = RectBivariateSpline(log_r, ext_angles, ext_v2, kx=3, ky=3)
     out = np.empty(x.size)
     outer = ~inner
     out[outer] = spline(np.log(radius[outer]), angle[outer], grid=False)
     if inner.any():
-        out[inner] = jampy_direct(model, x[inner], y[inner]) ** 2
-    return np.clip(out, 0.0, None).reshape(shape)
+        out[inner] = jampy_signed_v2(model, x[inner], y[inner])
+    return out.reshape(shape)
+
+
+def jam_vrms_squared_clipped(
+    model: JamModel, x: np.ndarray, y: np.ndarray, settings: JamSettings = DEFAULT_SETTINGS
+) -> np.ndarray:
+    """Clipped second moment ``max(v_rms**2, 0)`` (km^2/s^2) at galaxy-frame points ``x, y``."""
+    return np.clip(jam_vrms_squared(model, x, y, settings), 0.0, None)
 
 
 def jam_vrms(
@@ -237,12 +283,16 @@ class JamMap(NamedTuple):
 
     Attributes:
         vrms: v_rms (km/s) on the 276 x 276 quadrant of CONVENTIONS §5, float64.
+        vrms_negative: ``-sqrt(-v2)`` (km/s) where the signed second moment ``v2`` is negative,
+            0 elsewhere, so that ``vrms + vrms_negative = sign(v2) sqrt(|v2|)``: the smooth,
+            signed velocity that crosses zero where ``vrms`` is clipped.
         n_zero: number of pixels whose second moment is <= 0 (stored as 0 km/s).
         light_rel_error, mass_rel_error: checked MGE errors.
         n_light, n_mass: number of Gaussians.
     """
 
     vrms: np.ndarray
+    vrms_negative: np.ndarray
     n_zero: int
     light_rel_error: float
     mass_rel_error: float
@@ -260,10 +310,11 @@ def jam_quadrant(
     """JAM v_rms on the quadrant ``[:276, :276]`` (x <= 0, y <= 0) of the 551 x 551 map."""
     model = jam_model(params, distances, plain_mge=plain_mge)
     x, y = quadrant_coordinates()
-    v2 = jam_vrms_squared_clipped(model, x, y, settings)
+    v2 = jam_vrms_squared(model, x, y, settings)
     assert v2.shape == (QUADRANT_SIZE, QUADRANT_SIZE)
     return JamMap(
-        vrms=np.sqrt(v2),
+        vrms=np.sqrt(np.clip(v2, 0.0, None)),
+        vrms_negative=0.0 - np.sqrt(np.clip(-v2, 0.0, None)),  # 0.0 - x: no -0.0
         n_zero=int(np.sum(v2 <= 0.0)),
         light_rel_error=model.light_rel_error,
         mass_rel_error=model.mass_rel_error,

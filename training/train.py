@@ -92,8 +92,15 @@ class TrainConfig:
 # -- data ------------------------------------------------------------------------------------------
 
 
-def load_maps(path: str | Path, n: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(params (N, 8) float64, vrms (N, 276*276) float32, n_zero (N,))`` of the first n maps."""
+def load_maps(
+    path: str | Path, n: int | None = None, signed: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(params (N, 8) float64, vrms (N, 276*276) float32, n_zero (N,))`` of the first n maps.
+
+    With ``signed=True`` the maps are the signed velocity ``sign(v2) sqrt(|v2|)`` (km/s,
+    ``vrms + vrms_negative`` of the shards, format version >= 2) instead of the clipped truth:
+    smooth across the zero boundary, negative where JAM's second moment is.
+    """
     ds = DataSet(path)
     total = ds.n_maps if n is None else n
     if total > ds.n_maps:
@@ -101,13 +108,21 @@ def load_maps(path: str | Path, n: int | None = None) -> tuple[np.ndarray, np.nd
     params = np.empty((total, 8))
     vrms = np.empty((total, QUADRANT_SIZE * QUADRANT_SIZE), np.float32)
     n_zero = np.empty(total, np.int64)
+    if signed and ds.manifest.get("format_version", 1) < 2:
+        raise ValueError(
+            f"{path} has format version {ds.manifest.get('format_version', 1)}: signed maps "
+            "need version 2 (regenerate it with `skinn-jax generate`)"
+        )
     filled = 0
     for shard in ds.iter_shards():
         take = min(len(shard["params"]), total - filled)
         if take <= 0:
             break
         params[filled : filled + take] = shard["params"][:take]
-        vrms[filled : filled + take] = shard["vrms"][:take].reshape(take, -1)
+        maps = shard["vrms"][:take]
+        if signed:
+            maps = maps + shard["vrms_negative"][:take]
+        vrms[filled : filled + take] = maps.reshape(take, -1)
         n_zero[filled : filled + take] = shard["n_zero"][:take]
         filled += take
     if filled < total:

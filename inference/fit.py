@@ -52,6 +52,7 @@ import numpy as np
 from .model import (
     MODEL_VERSION,
     PAPER_PARAMETERS,
+    RATIO,
     ModelSetup,
     SystemData,
     model,
@@ -172,7 +173,8 @@ def _json_default(obj):
 
 
 def fingerprint(data: SystemData, setup: ModelSetup, settings: FitSettings, extra: dict) -> str:
-    """Hash of everything a fit depends on (data, mode, priors, settings, emulator weights)."""
+    """Hash of everything a fit depends on (data, mode, model version and sampled sites, priors,
+    settings, emulator weights)."""
     h = hashlib.sha256()
     for arr in (
         data.imaging.image,
@@ -185,6 +187,8 @@ def fingerprint(data: SystemData, setup: ModelSetup, settings: FitSettings, extr
     ):
         h.update(np.ascontiguousarray(np.asarray(arr, float)).tobytes())
     h.update(f"{setup.mode} model v{MODEL_VERSION}".encode())
+    # the sampled coordinates (a checkpoint's flat vector means nothing in others)
+    h.update(repr(site_names(setup.mode)).encode())
     h.update(repr(dataclasses.astuple(setup.priors)).encode())
     h.update(repr(setup.newton_iterations).encode())
     h.update(np.asarray(data.image_positions, float).tobytes())
@@ -487,8 +491,10 @@ DERIVED_SUMMARY = (
     "ps_y",
     "D_dt",
     "D_d",
+    RATIO,
 )
-"""Deterministic sites reported in the summary (when the mode has them)."""
+"""Deterministic sites reported in the summary (when the mode has them: ``D_dt / D_d`` is a
+site of kinematics mode only, where ``theta_E`` is derived from the sampled ``log_theta_E``)."""
 
 EXTRA_FIELDS = ("diverging", "num_steps", "accept_prob", "energy", "potential_energy")
 
@@ -913,14 +919,17 @@ def _best_sample(samples: dict, extra: dict, names) -> dict:
 
 
 def plot_corner(samples: dict, truths: dict | None, mode: str, path: Path, title: str = ""):
-    """Corner plot of the paper's 13 parameters available in ``mode`` (φ in degrees)."""
+    """Corner plot of the paper's 13 parameters available in ``mode`` (φ in degrees).
+
+    Kinematics mode has ``D_dt / D_d`` (:data:`~skinn_jax.inference.model.RATIO`) instead of
+    ``D_dt`` and ``D_d``."""
     import corner
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in PAPER_PARAMETERS if n in samples]
+    names = [n for n in PAPER_PARAMETERS + (RATIO,) if n in samples]
     cols, labels, truth_vals = [], [], []
     for n in names:
         arr = np.asarray(samples[n]).reshape(-1)

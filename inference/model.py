@@ -47,7 +47,9 @@ site                    unit                    meaning
 ``ps_mag``              mag, (4,)               quasar image magnitudes
 ``beta_z``              --                      anisotropy (joint)
 ``inclination_deg``     deg                     inclination (joint)
-``D_dt``, ``D_d``       Mpc                     distances (``D_d``: joint)
+``D_dt``                Mpc                     time-delay distance (lensing)
+``log_D_dt, log_D_d``   log Mpc                 log distances (joint; ``D_dt``, ``D_d``
+                                                deterministic)
 =====================  ======================  ===============================================
 
 and :func:`solve_lens` finds ``theta_E_epl, e1, e2, gamma1, gamma2, src_x, src_y`` and image D's
@@ -63,10 +65,26 @@ can have several solutions; Newton's method follows the one connected to ``solve
 truth for mock systems, as the fit starts there; a round lens fitted to the measured positions by
 default, :func:`default_solver_start`).
 
-Kinematics mode: ``theta_E`` (emulator convention), ``gamma``, ``q_mass``, ``phi``, centre,
-``q_light``, ``r_sersic_ratio``, ``n_sersic``, ``beta_z``, ``inclination_deg``, ``D_dt``, ``D_d``
-(the paper's 13 parameters), with the factor ``log |det ∂(theta_E_epl, e1, e2)/∂(theta_E, q_mass,
-phi)|`` (:func:`log_epl_jacobian`) so that the prior is the same as in the other modes.
+Kinematics mode (model version 4) samples ``log_theta_E = log(theta_E / 1″)`` (emulator
+convention), ``gamma``, ``q_mass``, ``phi``, the centre, ``q_light``, ``r_sersic_ratio``,
+``n_sersic``, ``beta_z``, ``inclination_deg`` and ``log_ratio_theta_E = log(D_dt / D_d x theta_E /
+1″)``, with ``theta_E``, ``log_ratio = log(D_dt / D_d)`` and ``ratio_D_dt_D_d = D_dt / D_d``
+deterministic sites; ``D_dt`` and ``D_d`` are not sites of this mode. The IFU alone measures the
+distances only through their ratio (v_rms scales as ``sqrt(D_dt / ((1 + z_d) D_d)) / sqrt(D_s_fid /
+D_ds_fid)``, CONVENTIONS §4, :func:`skinn_jax.cosmology.vrms_distance_factor`), and without the
+imaging the mass normalisation ``theta_E`` and that ratio are degenerate: the emulator's velocity
+scale is ``200 km/s sqrt(theta_E)``, so ``v_rms² ∝ ratio x theta_E``. ``log_ratio_theta_E`` is that
+combination (twice the log of the v_rms normalisation, up to a constant): sampled as ``(theta_E,
+log_ratio)`` the posterior was a curved ridge (mock system 0, Laplace correlation -0.98 at the MAP;
+warm-up unfinished after 13 min), sampled as ``(log D_dt, log D_d)`` a ridge along the whole
+distance box (system 9, version 3: 645 s of warm-up, 79k evaluations, 15 divergences). The prior is
+the same as in the other modes: uniform in Herculens's ``(theta_E_epl, e1, e2)`` (the factor ``log
+|det ∂(theta_E_epl, e1, e2)/∂(theta_E, q_mass, phi)|``, :func:`log_epl_jacobian`) and uniform
+``(D_dt, D_d)`` in their boxes, whose marginal for ``log_ratio`` is :func:`log_ratio_prior`;
+:func:`log_kinematic_scale_prior` is the density of ``(log_theta_E, log_ratio_theta_E)`` they
+imply, with the Jacobian ``|∂(theta_E, log_ratio) / ∂(log_theta_E, log_ratio_theta_E)| = theta_E``.
+The kinematic likelihood is evaluated at ``D_d =`` :data:`KINEMATICS_REFERENCE_D_D` and ``D_dt =
+ratio x D_d``, which gives the same v_rms as any pair with that ratio.
 
 Quasar images and light
 -----------------------
@@ -226,10 +244,12 @@ DEFAULT_PRIORS = Priors()
 DEFAULT_IMAGING = ImagingSettings()
 
 
-MODEL_VERSION = 3
+MODEL_VERSION = 4
 """Version of the model, part of every fit's fingerprint (2: log distances; 3: the model's own
 numerics, :data:`MODEL_QUAD_NODES` and :data:`MODEL_SUPERSAMPLING`, distance boxes fiducial x
-[0.3, 3])."""
+[0.3, 3]; 4: kinematics mode samples ``log_theta_E`` and ``log_ratio_theta_E = log(D_dt / D_d x
+theta_E)`` instead of ``theta_E`` and the two distances, with the same prior,
+:func:`log_kinematic_scale_prior`)."""
 
 MODEL_QUAD_NODES = 16
 """Gauss-Legendre nodes of the model's cored power law (the mocks use ``ImagingSettings``'s 24).
@@ -245,7 +265,7 @@ On mock system 1, -log L_kin differs from 5 sub-pixels by 0.007 at the truth and
 (3 sub-pixels: 0.27, too coarse for the 0.08″ core); 4 costs ~2/3 of 5's time."""
 
 DISTANCE_SITES: tuple[str, ...] = ("log_D_dt", "log_D_d")
-"""Sampled distance coordinates with kinematics: ``log(D_dt / Mpc)`` and ``log(D_d / Mpc)``.
+"""Sampled distance coordinates of joint mode: ``log(D_dt / Mpc)`` and ``log(D_d / Mpc)``.
 
 The time delays measure D_dt (to 5-20 % in the mock systems) and the kinematics the ratio
 D_dt / D_d (to 5-9 %), so D_d = D_dt / ratio is a product of the two and its posterior is skewed in
@@ -255,14 +275,34 @@ D_d itself (measured on three joint fits sampled uniformly in (D_dt, D_d): tail 
 uniform in (D_dt, D_d) inside their boxes: the model adds the Jacobian ``log D_dt + log D_d``.
 """
 
+RATIO_SITE = "log_ratio"
+"""Deterministic site of kinematics mode: ``log(D_dt / D_d)`` (dimensionless)."""
+
+LOG_THETA_E_SITE = "log_theta_E"
+"""Sampled site of kinematics mode: ``log(theta_E / 1″)``, the emulator-convention Einstein radius
+(``theta_E`` is a deterministic site)."""
+
+RATIO_THETA_E_SITE = "log_ratio_theta_E"
+"""Sampled site of kinematics mode: ``log(D_dt / D_d x theta_E / 1″)``, the combination the IFU
+alone measures (``v_rms² ∝ (D_dt / D_d) theta_E``); ``log_ratio`` is this minus ``log_theta_E``."""
+
+RATIO = "ratio_D_dt_D_d"
+"""Deterministic site of kinematics mode: ``D_dt / D_d`` (dimensionless)."""
+
+KINEMATICS_REFERENCE_D_D = FIDUCIAL.D_d
+"""``D_d`` (Mpc) at which kinematics mode evaluates the likelihood, with ``D_dt = ratio x D_d``.
+
+Any value gives the same v_rms (it depends on the distances only through ``D_dt / D_d``); the
+fiducial one keeps :func:`skinn_jax.forward.check_sky_params`'s positivity check meaningful."""
+
 
 def site_names(mode: Mode) -> tuple[str, ...]:
     """The sampled sites of a mode, in the model's order."""
     light = ("q_light", "r_sersic_ratio", "n_sersic")
     kinematic = ("beta_z", "inclination_deg")
     if mode == "kinematics":
-        mass = ("theta_E", "gamma", "q_mass", "phi", "center_x", "center_y")
-        return mass + light + kinematic + DISTANCE_SITES
+        mass = (LOG_THETA_E_SITE, "gamma", "q_mass", "phi", "center_x", "center_y")
+        return mass + light + kinematic + (RATIO_THETA_E_SITE,)
     lensing = ("gamma", "center_x", "center_y", "ps_x", "ps_y_abc") + light
     lensing += ("lens_mag", "src_r", "src_n", "src_mag", "ps_mag")
     if mode == "joint":
@@ -277,7 +317,10 @@ SOLVED: tuple[str, ...] = ("theta_E_epl", "e1", "e2", "gamma1", "gamma2", "src_x
 
 
 PAPER_PARAMETERS: tuple[str, ...] = PARAM_NAMES + ("phi", "center_x", "center_y", "D_dt", "D_d")
-"""The 13 parameters of paper Tables 1 and 2 (``r_sersic`` is a deterministic site)."""
+"""The 13 parameters of paper Tables 1 and 2 (``r_sersic`` is a deterministic site).
+
+Kinematics mode has 11 of them (``theta_E`` deterministic) and :data:`RATIO` instead of ``D_dt``
+and ``D_d``."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -893,7 +936,10 @@ def solved_lens_params(setup: ModelSetup, values: dict) -> tuple[LensParams, dic
 
 
 def truth_values(system: MockSystem, mode: Mode = "joint") -> dict[str, np.ndarray]:
-    """True values of the sampled sites of ``mode`` and of the main derived quantities."""
+    """True values of the sampled sites of ``mode`` and of the main derived quantities.
+
+    Kinematics mode has :data:`RATIO` (``D_dt / D_d``) and :data:`RATIO_SITE` (its log) and no
+    ``D_dt`` or ``D_d``; joint mode has ``D_dt``, ``D_d`` and :data:`RATIO`."""
     t = system.truth
     p = t.params
     lens = t.lens
@@ -925,14 +971,25 @@ def truth_values(system: MockSystem, mode: Mode = "joint") -> dict[str, np.ndarr
         "D_d": t.sky.D_d,
         "log_D_dt": math.log(t.sky.D_dt),
         "log_D_d": math.log(t.sky.D_d),
+        RATIO_SITE: math.log(t.sky.D_dt / t.sky.D_d),
+        RATIO: t.sky.D_dt / t.sky.D_d,
+        LOG_THETA_E_SITE: math.log(p[0]),
+        RATIO_THETA_E_SITE: float(
+            kinematic_scale_coordinates(p[0], math.log(t.sky.D_dt / t.sky.D_d))[1]
+        ),
         "r_sersic": p[4],
         "theta_E_epl": lens.theta_E_epl,
         "e1": lens.e1,
         "e2": lens.e2,
     }
-    keep = set(site_names(mode)) | {"r_sersic", "theta_E", "q_mass", "phi", "D_dt", "D_d"}
-    if mode != "kinematics":
+    keep = set(site_names(mode)) | {"r_sersic", "theta_E", "q_mass", "phi"}
+    if mode != "kinematics":  # (kinematics mode has no D_dt, D_d: only their ratio)
         keep |= {"theta_E_epl", "e1", "e2", "gamma1", "gamma2", "src_x", "src_y", "ps_y"}
+        keep |= {"D_dt", "D_d"}
+    if mode != "lensing":
+        keep.add(RATIO)
+    if mode == "kinematics":
+        keep.add(RATIO_SITE)
     return {k: np.asarray(values[k], dtype=float) for k in values if k in keep}
 
 
@@ -961,6 +1018,130 @@ def distance_log_jacobian(log_D_dt, log_D_d):
     return log_D_dt + log_D_d
 
 
+def log_ratio_box(
+    D_dt_box: tuple[float, float], D_d_box: tuple[float, float]
+) -> tuple[float, float]:
+    """Range of ``log(D_dt / D_d)`` over the box rectangle: ``(log(a_t/b_d), log(b_t/a_d))``."""
+    return (math.log(D_dt_box[0] / D_d_box[1]), math.log(D_dt_box[1] / D_d_box[0]))
+
+
+def log_ratio_prior(log_ratio, D_dt_box: tuple[float, float], D_d_box: tuple[float, float]):
+    """Log density of ``s = log(D_dt / D_d)`` when ``(D_dt, D_d)`` is uniform in its boxes.
+
+    With ``D_dt ~ U[a_t, b_t]`` and ``D_d ~ U[a_d, b_d]`` independent, the ratio ``r = D_dt / D_d``
+    has density ``p_r(r) = ∫ y p_t(r y) p_d(y) dy = (hi² - lo²) / (2 (b_t - a_t)(b_d - a_d))``
+    with ``lo = max(a_d, a_t / r)``, ``hi = min(b_d, b_t / r)`` (the ``D_d`` for which
+    ``r D_d`` is in the ``D_dt`` box), zero where ``hi <= lo``, i.e. outside
+    :func:`log_ratio_box`. In ``s`` the Jacobian ``dr/ds = r`` multiplies it:
+    ``p_s(s) = r p_r(r)``. (With both boxes fiducial x [0.3, 3], ``p_s`` is a tent peaked at the
+    fiducial ratio, ``∝ 9ρ - 0.09/ρ`` below and ``9/ρ - 0.09ρ`` above it, ``ρ = r / r_fid``.)
+
+    Args:
+        log_ratio: ``log(D_dt / D_d)``, any shape.
+        D_dt_box, D_d_box: the distance boxes ``(low, high)``, Mpc, ``low > 0``.
+
+    Returns:
+        ``log p_s``, the shape of ``log_ratio`` (``-inf`` outside the range).
+    """
+    (a_t, b_t), (a_d, b_d) = D_dt_box, D_d_box
+    r = jnp.exp(jnp.asarray(log_ratio))
+    lo = jnp.maximum(a_d, a_t / r)
+    hi = jnp.minimum(b_d, b_t / r)
+    mass = hi**2 - lo**2
+    inside = mass > 0
+    # (the double where keeps the gradient finite outside the range)
+    safe = jnp.where(inside, mass, 1.0)
+    log_p = jnp.log(r * safe) - math.log(2.0 * (b_t - a_t) * (b_d - a_d))
+    return jnp.where(inside, log_p, -jnp.inf)
+
+
+def log_theta_E_box(theta_E_box: tuple[float, float]) -> tuple[float, float]:
+    """Box of ``log(theta_E / 1″)`` for the ``theta_E`` box ``(low, high)`` (arcsec, low > 0)."""
+    return (math.log(theta_E_box[0]), math.log(theta_E_box[1]))
+
+
+def ratio_theta_E_box(
+    theta_E_box: tuple[float, float], D_dt_box: tuple[float, float], D_d_box: tuple[float, float]
+) -> tuple[float, float]:
+    """Box of ``log(D_dt / D_d x theta_E / 1″)`` implied by the extremes of its two terms.
+
+    ``(log a_θ + log(a_t / b_d), log b_θ + log(b_t / a_d))`` for ``theta_E`` in ``[a_θ, b_θ]``
+    (arcsec) and the ratio's range :func:`log_ratio_box`. The support of the prior is not this
+    rectangle in ``(log_theta_E, log_ratio_theta_E)`` but the parallelogram where
+    ``log_ratio_theta_E - log_theta_E`` is in :func:`log_ratio_box`: the prior is ``-inf`` in the
+    rest (:func:`log_kinematic_scale_prior`).
+    """
+    a, b = log_theta_E_box(theta_E_box)
+    s_lo, s_hi = log_ratio_box(D_dt_box, D_d_box)
+    return (a + s_lo, b + s_hi)
+
+
+def kinematic_scale_coordinates(theta_E, log_ratio) -> tuple[Array, Array]:
+    """``(log_theta_E, log_ratio_theta_E) = (log theta_E, log_ratio + log theta_E)``.
+
+    Args:
+        theta_E: emulator-convention Einstein radius, arcsec.
+        log_ratio: ``log(D_dt / D_d)``.
+    """
+    log_theta_E = jnp.log(jnp.asarray(theta_E))
+    return log_theta_E, jnp.asarray(log_ratio) + log_theta_E
+
+
+def from_kinematic_scale_coordinates(log_theta_E, log_ratio_theta_E) -> tuple[Array, Array]:
+    """``(theta_E, log_ratio)`` (arcsec, --): the inverse of :func:`kinematic_scale_coordinates`."""
+    log_theta_E = jnp.asarray(log_theta_E)
+    return jnp.exp(log_theta_E), jnp.asarray(log_ratio_theta_E) - log_theta_E
+
+
+def log_kinematic_scale_prior(
+    log_theta_E,
+    log_ratio_theta_E,
+    theta_E_box: tuple[float, float],
+    D_dt_box: tuple[float, float],
+    D_d_box: tuple[float, float],
+):
+    """Log density of ``(log_theta_E, log_ratio_theta_E)`` (kinematics mode's coordinates).
+
+    The prior of the other modes, ``theta_E ~ U[a_θ, b_θ]`` (before the EPL factor
+    :func:`log_epl_jacobian`, which the model adds separately) and ``(D_dt, D_d)`` uniform in
+    their boxes, independent, gives ``theta_E`` and ``s = log(D_dt / D_d)`` the density
+    ``p_s(s) / (b_θ - a_θ)`` (:func:`log_ratio_prior`). With ``u = log theta_E`` and
+    ``w = s + u``, ``(theta_E, s) = (e^u, w - u)`` has
+    ``|det ∂(theta_E, s) / ∂(u, w)| = |det [[e^u, 0], [-1, 1]]| = e^u = theta_E``, so
+
+        log p(u, w) = u - log(b_θ - a_θ) + log p_s(w - u),
+
+    for ``u`` in ``[log a_θ, log b_θ]`` and ``w - u`` in :func:`log_ratio_box`, ``-inf``
+    elsewhere (normalised: it integrates to 1 over the plane).
+
+    Args:
+        log_theta_E: ``u = log(theta_E / 1″)``.
+        log_ratio_theta_E: ``w = log(D_dt / D_d x theta_E / 1″)``.
+        theta_E_box: ``(a_θ, b_θ)``, arcsec, ``a_θ > 0``.
+        D_dt_box, D_d_box: the distance boxes, Mpc.
+
+    Returns:
+        ``log p(u, w)``, broadcast shape of the inputs.
+    """
+    u = jnp.asarray(log_theta_E)
+    lo, hi = log_theta_E_box(theta_E_box)
+    inside = (u >= lo) & (u <= hi)
+    log_p = (
+        u
+        - math.log(theta_E_box[1] - theta_E_box[0])
+        + log_ratio_prior(jnp.asarray(log_ratio_theta_E) - u, D_dt_box, D_d_box)
+    )
+    return jnp.where(inside, log_p, -jnp.inf)
+
+
+def kinematic_distances(ratio) -> tuple[Array, Array]:
+    """``(D_dt, D_d)`` (Mpc) with ``D_dt / D_d = ratio`` at :data:`KINEMATICS_REFERENCE_D_D`.
+
+    The kinematic likelihood depends on the distances only through their ratio, so this pair
+    stands for every pair with that ratio (kinematics mode)."""
+    return ratio * KINEMATICS_REFERENCE_D_D, jnp.full_like(ratio, KINEMATICS_REFERENCE_D_D)
+
+
 def model(data: SystemData, setup: ModelSetup) -> None:
     """NumPyro model of one lens system (see the module docstring).
 
@@ -972,7 +1153,10 @@ def model(data: SystemData, setup: ModelSetup) -> None:
     mode = setup.mode
     v = {}
     if mode == "kinematics":
-        for name in ("theta_E", "gamma", "q_mass", "phi", "center_x", "center_y"):
+        # theta_E through its log (see log_ratio_theta_E below); the prior factor is added there
+        log_theta_E = _uniform(LOG_THETA_E_SITE, log_theta_E_box(pr.theta_E))
+        v["theta_E"] = numpyro.deterministic("theta_E", jnp.exp(log_theta_E))
+        for name in ("gamma", "q_mass", "phi", "center_x", "center_y"):
             v[name] = _uniform(name, getattr(pr, name))
         # prior uniform in Herculens's (theta_E_epl, e1, e2), as in the other modes
         numpyro.factor(
@@ -1001,6 +1185,24 @@ def model(data: SystemData, setup: ModelSetup) -> None:
         v["inclination_deg"] = _uniform("inclination_deg", pr.inclination_deg)
     if mode == "lensing":
         v["D_dt"] = _uniform("D_dt", pr.D_dt)
+    elif mode == "kinematics":
+        # the combination the IFU measures, log(D_dt / D_d x theta_E): the ridge of the
+        # (theta_E, ratio) degeneracy is then close to a coordinate axis. Its prior and that of
+        # log_theta_E are the other modes' (uniform theta_E, (D_dt, D_d)), Jacobian included; the
+        # two uniform draws' constants -log(width) are replaced by it, and it is -inf where the
+        # ratio is outside its range (the box of log_ratio_theta_E is wider than the support)
+        box_u, box_w = log_theta_E_box(pr.theta_E), ratio_theta_E_box(pr.theta_E, pr.D_dt, pr.D_d)
+        log_ratio_theta_E = _uniform(RATIO_THETA_E_SITE, box_w)
+        numpyro.factor(
+            "scale_prior",
+            log_kinematic_scale_prior(log_theta_E, log_ratio_theta_E, pr.theta_E, pr.D_dt, pr.D_d)
+            + math.log(box_u[1] - box_u[0])
+            + math.log(box_w[1] - box_w[0]),
+        )
+        _, log_ratio = from_kinematic_scale_coordinates(log_theta_E, log_ratio_theta_E)
+        log_ratio = numpyro.deterministic(RATIO_SITE, log_ratio)
+        ratio = numpyro.deterministic(RATIO, jnp.exp(log_ratio))
+        v["D_dt"], v["D_d"] = kinematic_distances(ratio)
     else:
         log_dt = _uniform("log_D_dt", (math.log(pr.D_dt[0]), math.log(pr.D_dt[1])))
         log_dd = _uniform("log_D_d", (math.log(pr.D_d[0]), math.log(pr.D_d[1])))
@@ -1064,11 +1266,31 @@ class Prediction(NamedTuple):
     chi2: dict
 
 
-def with_distances(values: dict) -> dict:
-    """``values`` with ``D_dt`` and ``D_d`` (Mpc) derived from the sampled log distances."""
-    if "log_D_dt" not in values:
+def with_kinematic_scale(values: dict) -> dict:
+    """``values`` with ``theta_E`` (arcsec) and ``log_ratio`` derived from kinematics mode's
+    ``log_theta_E`` and ``log_ratio_theta_E`` (unchanged if it lacks them)."""
+    if LOG_THETA_E_SITE not in values or RATIO_THETA_E_SITE not in values:
         return values
-    return {**values, "D_dt": jnp.exp(values["log_D_dt"]), "D_d": jnp.exp(values["log_D_d"])}
+    theta_E, log_ratio = from_kinematic_scale_coordinates(
+        values[LOG_THETA_E_SITE], values[RATIO_THETA_E_SITE]
+    )
+    return {**values, "theta_E": theta_E, RATIO_SITE: log_ratio}
+
+
+def with_distances(values: dict) -> dict:
+    """``values`` with ``D_dt`` and ``D_d`` (Mpc) derived from the sampled distance coordinates.
+
+    From ``log_D_dt, log_D_d`` (joint mode), or from ``log_ratio`` or kinematics mode's sampled
+    ``log_theta_E, log_ratio_theta_E`` (:func:`with_kinematic_scale`; the pair of
+    :func:`kinematic_distances`, which stands for every pair with that ratio).
+    """
+    values = with_kinematic_scale(values)
+    if "log_D_dt" in values:
+        return {**values, "D_dt": jnp.exp(values["log_D_dt"]), "D_d": jnp.exp(values["log_D_d"])}
+    if RATIO_SITE in values:
+        d_dt, d_d = kinematic_distances(jnp.exp(jnp.asarray(values[RATIO_SITE])))
+        return {**values, "D_dt": d_dt, "D_d": d_d}
+    return values
 
 
 def predict(data: SystemData, setup: ModelSetup, values: dict) -> Prediction:
@@ -1135,6 +1357,20 @@ __all__ = [
     "with_central_image",
     "with_distances",
     "distance_log_jacobian",
+    "kinematic_distances",
+    "log_ratio_box",
+    "log_ratio_prior",
+    "log_theta_E_box",
+    "ratio_theta_E_box",
+    "kinematic_scale_coordinates",
+    "from_kinematic_scale_coordinates",
+    "log_kinematic_scale_prior",
+    "with_kinematic_scale",
+    "LOG_THETA_E_SITE",
+    "RATIO_THETA_E_SITE",
     "MODEL_VERSION",
     "DISTANCE_SITES",
+    "KINEMATICS_REFERENCE_D_D",
+    "RATIO",
+    "RATIO_SITE",
 ]

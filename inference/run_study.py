@@ -11,13 +11,16 @@ For every system ``k`` (:func:`skinn_jax.inference.mock_system.make_mock_system`
 (:func:`skinn_jax.inference.fit.fit`, MAP + NUTS) into ``OUT/<k>/<mode>``; fits are restartable and
 a complete fit is loaded rather than redone, so the study can be stopped and resumed. Then:
 
-- **Fig. 9**: for each of the paper's 13 parameters, the draws minus the truth stacked over the
-  systems, one histogram per mode (``FIGURES/inference_study_fig9.png``);
+- **Fig. 9**: for each of the paper's 13 parameters and the ratio ``D_dt / D_d``, the draws minus
+  the truth stacked over the systems, one histogram per mode (``FIGURES/inference_study_fig9.png``;
+  kinematics mode samples only the ratio of the distances, joint mode's ratio is ``D_dt / D_d`` of
+  its draws);
 - **coverage**: per mode and parameter, the fraction of systems whose truth lies in the central
   68 % and 95 % credible intervals, with its binomial error ``sqrt(p (1 - p) / K)``, and the mean
   pull ``(mean - truth) / sd`` with its error ``1/sqrt(K)`` (target: coverage consistent with
   nominal, |mean pull| of D_d and D_Δt < 0.3);
 - **what the kinematics add**: the posterior widths of D_d, D_Δt and γ, lensing-only vs joint;
+  and what the lensing adds: the width of ``D_dt / D_d``, kinematics-only vs joint;
 - **emulator error**: for the ``--reweight-systems``, joint-mode draws are importance-reweighted by
   ``L_kin(JAM truth) / L_kin(emulator)``, with JAM truth recomputed at each draw's 13 parameters
   (:func:`skinn_jax.inference.mock_kinematics.jam_truth_bins` at the draw's distances, through the
@@ -39,16 +42,52 @@ from pathlib import Path
 
 import numpy as np
 
-from .model import PAPER_PARAMETERS
+from .model import PAPER_PARAMETERS, RATIO
 
 MODES = ("joint", "lensing", "kinematics")
 
+STUDY_PARAMETERS: tuple[str, ...] = PAPER_PARAMETERS + (RATIO,)
+"""The paper's 13 parameters and ``D_dt / D_d`` (the one distance parameter of kinematics mode)."""
+
+
+def _chain_draws(idata, name: str) -> np.ndarray | None:
+    """Posterior draws ``(chains, draws)`` of ``name``; :data:`RATIO` from ``D_dt / D_d`` where it
+    is not a site (joint mode); None where the mode has neither."""
+    post = idata.posterior
+    if name in post:
+        return np.asarray(post[name])
+    if name == RATIO and "D_dt" in post and "D_d" in post:
+        return np.asarray(post["D_dt"]) / np.asarray(post["D_d"])
+    return None
+
 
 def _flat_draws(idata, name: str) -> np.ndarray | None:
-    post = idata.posterior
-    if name not in post:
+    draws = _chain_draws(idata, name)
+    return None if draws is None else draws.reshape(-1)
+
+
+def summary_row(per_mode: dict, name: str) -> dict | None:
+    """``{truth, sd, pull, in68, in95}`` of ``name`` in one fit, or None if the fit has no finite
+    truth for it.
+
+    From the fit's summary table; the derived :data:`RATIO` of a fit whose table lacks it (joint
+    mode) from its draws and ``per_mode["truths"]``.
+    """
+    table = per_mode["result"].summary
+    if name not in table.index and name == RATIO:
+        idata = getattr(per_mode["result"], "idata", None)
+        draws = None if idata is None else _chain_draws(idata, name)
+        truth = per_mode.get("truths", {}).get(name)
+        if draws is None or truth is None:
+            return None
+        from .fit import summary_table
+
+        table = summary_table({name: draws}, {name: truth}, [name])
+    if name not in table.index or not np.isfinite(table.loc[name, "truth"]):
         return None
-    return np.asarray(post[name]).reshape(-1)
+    row = table.loc[name]
+    keys = ("truth", "sd", "pull", "in68", "in95")
+    return {k: (bool(row[k]) if k.startswith("in") else float(row[k])) for k in keys}
 
 
 def run_fits(args) -> dict:
@@ -140,21 +179,25 @@ def _binomial_error(p: float, n: int) -> float:
 
 
 def coverage_table(results: dict, modes) -> dict:
-    """Coverage (68 %, 95 %) with binomial errors and mean pulls, per mode and parameter."""
+    """Coverage (68 %, 95 %) with binomial errors and mean pulls, per mode and parameter.
+
+    Over :data:`STUDY_PARAMETERS`; the pooled row leaves out ``D_dt / D_d`` in a mode that has
+    ``D_dt`` and ``D_d`` (it is their function, not another parameter).
+    """
     out = {}
     for mode in modes:
         rows = {}
-        for name in PAPER_PARAMETERS:
+        for name in STUDY_PARAMETERS:
             in68, in95, pulls = [], [], []
             for per in results.values():
                 if mode not in per:
                     continue
-                table = per[mode]["result"].summary
-                if name not in table.index or not np.isfinite(table.loc[name, "truth"]):
+                row = summary_row(per[mode], name)
+                if row is None:
                     continue
-                in68.append(bool(table.loc[name, "in68"]))
-                in95.append(bool(table.loc[name, "in95"]))
-                pulls.append(float(table.loc[name, "pull"]))
+                in68.append(row["in68"])
+                in95.append(row["in95"])
+                pulls.append(row["pull"])
             n = len(in68)
             if n == 0:
                 continue
@@ -168,16 +211,17 @@ def coverage_table(results: dict, modes) -> dict:
                 "mean_pull": float(np.mean(pulls)),
                 "mean_pull_err": 1.0 / math.sqrt(n),
             }
-        if rows:
+        pool = {k: r for k, r in rows.items() if k != RATIO or not {"D_dt", "D_d"} & set(rows)}
+        if pool:
             # pooled over parameters (trials within one system are correlated: the error shown is
             # the binomial one for independent trials, a lower bound)
-            n_all = sum(r["n"] for r in rows.values())
+            n_all = sum(r["n"] for r in pool.values())
             pooled = {}
             for level in ("cov68", "cov95"):
-                p = sum(r[level] * r["n"] for r in rows.values()) / n_all
+                p = sum(r[level] * r["n"] for r in pool.values()) / n_all
                 pooled[level] = p
                 pooled[f"{level}_err"] = _binomial_error(p, n_all)
-            pulls_all = sum(r["mean_pull"] * r["n"] for r in rows.values()) / n_all
+            pulls_all = sum(r["mean_pull"] * r["n"] for r in pool.values()) / n_all
             rows["all (pooled)"] = {
                 "n": n_all, **pooled, "mean_pull": pulls_all,
                 "mean_pull_err": 1.0 / math.sqrt(n_all),
@@ -186,17 +230,27 @@ def coverage_table(results: dict, modes) -> dict:
     return out
 
 
+WIDTH_COMPARISONS: tuple[tuple[str, str], ...] = (
+    ("D_dt", "lensing"),
+    ("gamma", "lensing"),
+    (RATIO, "kinematics"),
+)
+"""``(parameter, mode)``: sd(mode) / sd(joint) is reported (lensing has no D_d, kinematics no
+D_dt or D_d: what the kinematics add to the lensing, and the lensing to the kinematics)."""
+
+
 def width_ratios(widths_by_system: dict) -> dict:
-    """Median over systems of sd(lensing) / sd(joint) for D_dt and gamma (lensing has no D_d)."""
+    """Median (and range) over systems of sd(mode) / sd(joint), for :data:`WIDTH_COMPARISONS`."""
     out = {}
-    for name in ("D_dt", "gamma"):
+    for name, mode in WIDTH_COMPARISONS:
         ratios = [
-            row[f"{name}_lensing"] / row[f"{name}_joint"]
+            row[f"{name}_{mode}"] / row[f"{name}_joint"]
             for row in widths_by_system.values()
-            if f"{name}_lensing" in row and f"{name}_joint" in row and row[f"{name}_joint"] > 0
+            if f"{name}_{mode}" in row and f"{name}_joint" in row and row[f"{name}_joint"] > 0
         ]
         if ratios:
             out[name] = {
+                "mode": mode,
                 "n": len(ratios),
                 "median": float(np.median(ratios)),
                 "min": float(np.min(ratios)),
@@ -206,17 +260,17 @@ def width_ratios(widths_by_system: dict) -> dict:
 
 
 def widths(results: dict) -> dict:
-    """Posterior sd of D_d, D_dt and gamma per system: lensing-only vs joint."""
+    """Posterior sd of D_d, D_dt, gamma and D_dt / D_d per system and mode."""
     out = {}
     for k, per in results.items():
         row = {}
         for mode in ("lensing", "joint", "kinematics"):
             if mode not in per:
                 continue
-            table = per[mode]["result"].summary
-            for name in ("D_d", "D_dt", "gamma"):
-                if name in table.index:
-                    row[f"{name}_{mode}"] = float(table.loc[name, "sd"])
+            for name in ("D_d", "D_dt", "gamma", RATIO):
+                r = summary_row(per[mode], name)
+                if r is not None:
+                    row[f"{name}_{mode}"] = r["sd"]
         out[k] = row
     return out
 
@@ -281,7 +335,8 @@ def reweight(per_mode: dict, n_draws: int, seed: int = 0) -> dict:
 
 
 def plot_fig9(results: dict, modes, path: Path) -> None:
-    """Paper Fig. 9: draws minus truth for the 13 parameters, stacked over systems, per mode."""
+    """Paper Fig. 9: draws minus truth for the 13 parameters and D_dt / D_d, stacked over systems,
+    per mode."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -289,7 +344,7 @@ def plot_fig9(results: dict, modes, path: Path) -> None:
 
     colors = {"lensing": "tab:blue", "kinematics": "tab:orange", "joint": "tab:green"}
     fig, axes = plt.subplots(3, 5, figsize=(17, 9.5))
-    for ax, name in zip(np.ravel(axes), PAPER_PARAMETERS, strict=False):
+    for ax, name in zip(np.ravel(axes), STUDY_PARAMETERS, strict=False):
         for mode in modes:
             deltas = []
             for per in results.values():
@@ -309,7 +364,7 @@ def plot_fig9(results: dict, modes, path: Path) -> None:
         ax.axvline(0.0, color="k", lw=0.8)
         ax.set_xlabel(f"Δ {name}" + (" [deg]" if name == "phi" else ""))
         ax.set_yticks([])
-    for ax in np.ravel(axes)[len(PAPER_PARAMETERS) :]:
+    for ax in np.ravel(axes)[len(STUDY_PARAMETERS) :]:
         ax.axis("off")
     np.ravel(axes)[0].legend(fontsize=8)
     fig.suptitle(f"posterior draws - truth, stacked over {len(results)} mock systems", fontsize=11)
@@ -346,11 +401,12 @@ def markdown(summary: dict) -> str:
             f"| {k} | " + " | ".join(f"{row.get(c, float('nan')):.4g}" for c in cols) + " |"
         )
     if summary.get("width_ratios"):
-        lines += ["", "Lensing-only sd / joint sd, over systems:", "", "| parameter | K | median |"
-                  " range |", "|---|---|---|---|"]  # fmt: skip
+        lines += ["", "sd(mode) / sd(joint), over systems:", "", "| parameter | mode | K | median |"
+                  " range |", "|---|---|---|---|---|"]  # fmt: skip
         for name, r in summary["width_ratios"].items():
             lines.append(
-                f"| {name} | {r['n']} | {r['median']:.2f} | {r['min']:.2f}-{r['max']:.2f} |"
+                f"| {name} | {r.get('mode', 'lensing')} | {r['n']} | {r['median']:.2f} | "
+                f"{r['min']:.2f}-{r['max']:.2f} |"
             )
     lines += ["", "## Importance reweighting by JAM truth (joint mode)", ""]
     for k, r in summary["reweighting"].items():

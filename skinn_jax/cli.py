@@ -163,6 +163,12 @@ def _add_baseline(sub) -> None:
         "second moment (needs data sets of format version 2)",
     )
     p.add_argument(
+        "--negative-scale",
+        type=float,
+        default=0.0,
+        help="compress negative signed targets u to e tanh(u/e) (0: off)",
+    )
+    p.add_argument(
         "--basis-rank",
         type=int,
         default=0,
@@ -208,6 +214,7 @@ def _run_baseline(args) -> int:
         n_pca_maps=args.pca_maps,
         target=args.target,
         signed=not args.clipped,
+        negative_scale=args.negative_scale,
         basis_rank=args.basis_rank,
         export=args.export,
     )
@@ -220,7 +227,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument(
         "emulators",
         nargs="*",
-        default=["cips", "pca"],
+        default=["pca64s", "pca64", "cips"],
         help="shipped checkpoint names or checkpoint directories",
     )
     p.add_argument("--test", default="data/test")

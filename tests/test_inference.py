@@ -19,24 +19,36 @@ from skinn_jax.inference.lensing import CoredPowerLaw, ImagingSettings
 from skinn_jax.inference.mock_kinematics import MockSettings, field_for_forward_model
 from skinn_jax.inference.mock_system import MockSystemSettings, make_mock_system, plot_mock_system
 from skinn_jax.inference.model import (
+    LOG_THETA_E_SITE,
     MODEL_QUAD_NODES,
     MODEL_SUPERSAMPLING,
+    RATIO,
+    RATIO_SITE,
+    RATIO_THETA_E_SITE,
     EmulatorField,
     Priors,
     SystemData,
     build_setup,
     emulator_params,
     epl_from_mass,
+    kinematic_scale_coordinates,
     load_emulator,
     log_density,
+    log_epl_jacobian,
+    log_kinematic_scale_prior,
+    log_ratio_box,
+    log_ratio_prior,
+    log_theta_E_box,
     mass_from_epl,
+    model,
+    ratio_theta_E_box,
     site_names,
     solve_lens,
     solver_start_from_truth,
     truth_values,
 )
 
-from skinn_jax.forward import field_from_quadrant
+from skinn_jax.forward import SkyParams, field_from_quadrant
 from skinn_jax.ifu import PSF, KinematicData, SpaxelGrid
 from skinn_jax.likelihood import KinematicLikelihood
 from skinn_jax.profiles import kappa_cored_pemd, to_galaxy_frame
@@ -312,9 +324,22 @@ def test_short_fit_writes_outputs_and_restarts_from_its_checkpoints(
     assert "theta_E" in result.summary.index and math.isfinite(
         result.summary.loc["theta_E", "truth"]
     )
+    # kinematics mode reports the distance ratio, not the distances it cannot separate
+    assert math.isfinite(result.summary.loc[RATIO, "truth"])
+    assert not {"D_dt", "D_d", "log_D_dt", "log_D_d"} & set(result.summary.index)
     # a complete fit is loaded, not recomputed; other settings start again
     again = fit_mod.fit(data, setup, out, init_values=truth, settings=settings, quiet=True)
     assert again.report["fingerprint"] == report["fingerprint"]
+
+
+def test_fingerprint_depends_on_the_sampled_coordinates(system, data, monkeypatch):
+    """A checkpoint written in other coordinates (same model version) is never resumed."""
+    setup = _setup(data, "lensing", solver_start=solver_start_from_truth(system))
+    settings = fit_mod.FitSettings()
+    before = fit_mod.fingerprint(data, setup, settings, {})
+    assert fit_mod.fingerprint(data, setup, settings, {}) == before
+    monkeypatch.setattr(fit_mod, "site_names", lambda mode: ("other",) + site_names(mode)[1:])
+    assert fit_mod.fingerprint(data, setup, settings, {}) != before
 
 
 # ----------------------------------------------------------------------------------------------
@@ -367,3 +392,233 @@ def test_log_distance_coordinates_keep_the_prior_uniform_in_the_distances():
         assert abs(mean - 0.5) < 0.01 and abs(var - 1 / 12) < 0.003, (mean, var)
         # unweighted (log-uniform) draws are not uniform: the factor matters
         assert abs(np.mean(u) - 0.5) > 0.03, np.mean(u)
+
+
+# ----------------------------------------------------------------------------------------------
+# Kinematics mode: the distance ratio
+
+
+@pytest.mark.parametrize(
+    "D_dt_box, D_d_box",
+    [(Priors().D_dt, Priors().D_d), ((500.0, 4000.0), (800.0, 1500.0))],
+    ids=["default boxes", "unequal boxes"],
+)
+def test_log_ratio_prior_is_the_marginal_of_uniform_distances(D_dt_box, D_d_box):
+    """The analytic density of log(D_dt / D_d) integrates to 1 over its range and matches the
+    histogram of D_dt / D_d drawn uniformly in the box rectangle."""
+    lo, hi = log_ratio_box(D_dt_box, D_d_box)
+    s = np.linspace(lo, hi, 200_001)
+    density = np.exp(np.asarray(log_ratio_prior(s, D_dt_box, D_d_box)))
+    assert abs(np.trapezoid(density, s) - 1.0) < 1e-6
+    outside = np.asarray(log_ratio_prior(np.array([lo - 0.01, hi + 0.01]), D_dt_box, D_d_box))
+    assert np.all(np.isneginf(outside))
+    rng = np.random.default_rng(5)
+    n = 1_000_000
+    log_r = np.log(rng.uniform(*D_dt_box, n) / rng.uniform(*D_d_box, n))
+    edges = np.linspace(lo, hi, 41)
+    counts, _ = np.histogram(log_r, edges)
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(s))])
+    expected = n * np.diff(np.interp(edges, s, cdf))
+    # Poisson errors; bins far in the tails are nearly empty and skipped
+    big = expected > 100
+    pulls = (counts[big] - expected[big]) / np.sqrt(expected[big])
+    assert big.sum() >= 25 and np.max(np.abs(pulls)) < 5.0, pulls
+    assert abs(np.mean(pulls**2) - 1.0) < 0.5, np.mean(pulls**2)
+
+
+def _kinematics_trace(data, setup, values):
+    """The model's trace in kinematics mode at constrained ``values`` of its sites."""
+    from numpyro import handlers
+
+    substituted = handlers.substitute(model, data={k: jnp.asarray(v) for k, v in values.items()})
+    return handlers.trace(substituted).get_trace(data, setup)
+
+
+def test_kinematics_mode_samples_log_theta_E_and_the_ratio_theta_E_combination(
+    system, data, emulator
+):
+    """The sampled sites are log theta_E and log(D_dt / D_d x theta_E), with theta_E, log ratio
+    and ratio deterministic and no distance; the log density ignores D_dt and D_d at fixed ratio,
+    its kinematic term is the likelihood at any pair with that ratio, and the true ratio beats
+    wrong ones."""
+    names = site_names("kinematics")
+    assert names[0] == LOG_THETA_E_SITE and names[-1] == RATIO_THETA_E_SITE
+    assert not {"theta_E", RATIO_SITE, "D_dt", "D_d", "log_D_dt", "log_D_d"} & set(names)
+    assert len(names) == 12
+    setup = _setup(data, "kinematics", emulator=emulator)
+    truth = truth_values(system, "kinematics")
+    assert not {"D_dt", "D_d"} & set(truth)
+    sky = system.truth.sky
+    np.testing.assert_allclose(float(truth[RATIO]), sky.D_dt / sky.D_d, rtol=1e-12)
+    np.testing.assert_allclose(float(truth[LOG_THETA_E_SITE]), math.log(PARAMS[0]), rtol=1e-12)
+    np.testing.assert_allclose(
+        float(truth[RATIO_THETA_E_SITE]), math.log(sky.D_dt / sky.D_d * PARAMS[0]), rtol=1e-12
+    )
+    values = {k: truth[k] for k in names}
+    trace = _kinematics_trace(data, setup, values)
+    sampled = {
+        k for k, site in trace.items() if site["type"] == "sample" and not site["is_observed"]
+    }
+    assert sampled == set(names)
+    for name in ("theta_E", RATIO_SITE, RATIO):
+        assert trace[name]["type"] == "deterministic"
+        np.testing.assert_allclose(float(trace[name]["value"]), float(truth[name]), rtol=1e-12)
+
+    # the same log density with distances twice as large at the same ratio passed along (they
+    # are not read)
+    density = jax.jit(lambda v: log_density(data, setup, v))
+    base = float(density(values))
+    doubled = {**values, "D_dt": 2 * sky.D_dt, "D_d": 2 * sky.D_d}
+    assert float(density(doubled)) == pytest.approx(base, abs=1e-9)
+    # ... and its kinematic term is the likelihood at the true distances, or any with that ratio
+    log_l_kin = float(trace["kinematics"]["fn"].log_factor)
+    params = jnp.asarray(emulator_params({k: jnp.asarray(v) for k, v in truth.items()}))
+    for scale in (1.0, 2.0):
+        pair = SkyParams(sky.phi, sky.center_x, sky.center_y, scale * sky.D_dt, scale * sky.D_d)
+        assert float(setup.kinematics(params, pair)) == pytest.approx(log_l_kin, abs=1e-6)
+    # the true ratio beats a 20 % wrong one at the true theta_E (v_rms off by ~10 %)
+    for factor in (0.8, 1.2):
+        wrong = {**values, RATIO_THETA_E_SITE: values[RATIO_THETA_E_SITE] + math.log(factor)}
+        worse_trace = _kinematics_trace(data, setup, wrong)
+        np.testing.assert_allclose(
+            float(worse_trace[RATIO]["value"]), factor * sky.D_dt / sky.D_d, rtol=1e-12
+        )
+        worse = float(worse_trace["kinematics"]["fn"].log_factor)
+        assert worse < log_l_kin - 10.0, (factor, worse, log_l_kin)
+
+
+_OLD_BOXED = ("theta_E", "gamma", "q_mass", "phi", "center_x", "center_y", "q_light",
+              "r_sersic_ratio", "n_sersic", "beta_z", "inclination_deg")  # fmt: skip
+"""Sites of the first version-4 kinematics mode sampled uniformly in their boxes (with
+``log_ratio``)."""
+
+
+def _old_kinematics_log_prior(value: dict, priors) -> float:
+    """The first version-4 kinematics prior, in its coordinates (theta_E, ..., log_ratio):
+    uniform boxes, the EPL factor and the ratio prior, at the values ``value``."""
+    total = 0.0
+    for name in _OLD_BOXED:
+        lo, hi = getattr(priors, name)
+        assert lo <= value[name] <= hi, name
+        total -= math.log(hi - lo)
+    total += float(
+        log_epl_jacobian(value["theta_E"], value["gamma"], value["q_mass"], value["phi"])
+    )
+    return total + float(log_ratio_prior(value[RATIO_SITE], priors.D_dt, priors.D_d))
+
+
+def test_kinematics_log_density_is_the_old_prior_times_the_jacobian_theta_E(system, data, emulator):
+    """At matched points the model's log density minus its kinematic likelihood equals the prior
+    of the (theta_E, log_ratio) coordinates plus log |∂(theta_E, log_ratio)/∂(log_theta_E,
+    log_ratio_theta_E)| = log theta_E; and it is -inf where the ratio leaves its range."""
+    from numpyro.infer.util import log_density as numpyro_log_density
+
+    pr = Priors()
+    setup = _setup(data, "kinematics", emulator=emulator)
+    truth = truth_values(system, "kinematics")
+    names = site_names("kinematics")
+    base = {k: float(np.asarray(truth[k])) for k in names}
+    rng = np.random.default_rng(7)
+    points = [base]
+    for theta_E, ratio in ((0.55, 0.5), (1.9, 8.0), (1.0, 2.37)):  # near the boxes' corners too
+        log_u, log_w = kinematic_scale_coordinates(theta_E, math.log(ratio))
+        point = {**base, LOG_THETA_E_SITE: float(log_u), RATIO_THETA_E_SITE: float(log_w)}
+        point["gamma"] = float(rng.uniform(*pr.gamma))
+        point["q_mass"] = float(rng.uniform(*pr.q_mass))
+        points.append(point)
+
+    @jax.jit
+    def prior_part(v):
+        """Log density minus the kinematic term, and the old coordinates, from one trace."""
+        total, trace = numpyro_log_density(model, (data, setup), {}, v)
+        old = {k: trace[k]["value"] for k in _OLD_BOXED + (RATIO_SITE,)}
+        return total - trace["kinematics"]["fn"].log_factor, old
+
+    for point in points:
+        new_prior, old = prior_part({k: jnp.asarray(x) for k, x in point.items()})
+        old = {k: float(x) for k, x in old.items()}
+        np.testing.assert_allclose(old["theta_E"], math.exp(point[LOG_THETA_E_SITE]), rtol=1e-14)
+        expected = _old_kinematics_log_prior(old, pr) + point[LOG_THETA_E_SITE]
+        assert float(new_prior) == pytest.approx(expected, abs=1e-9), point
+    density = jax.jit(lambda v: log_density(data, setup, v))
+    # inside the sampled box of log_ratio_theta_E but outside the parallelogram: zero prior
+    box_u, box_w = log_theta_E_box(pr.theta_E), ratio_theta_E_box(pr.theta_E, pr.D_dt, pr.D_d)
+    corner = {**base, LOG_THETA_E_SITE: box_u[1] - 0.01, RATIO_THETA_E_SITE: box_w[0] + 0.01}
+    assert np.isneginf(float(density(corner)))
+    # theta_E stays in its box over the whole sampled range of log_theta_E
+    theta_E = np.exp(np.asarray(box_u))
+    np.testing.assert_allclose(theta_E, pr.theta_E, rtol=1e-14)
+
+
+def test_kinematic_scale_prior_is_the_push_forward_of_uniform_theta_E_and_distances():
+    """Draws of theta_E, D_dt, D_d uniform in their boxes, mapped to (log theta_E,
+    log(D_dt / D_d x theta_E)), follow log_kinematic_scale_prior (2-D histogram vs the density's
+    integral over each bin); the density integrates to 1 over its sampled box."""
+    pr = Priors()
+    box_u, box_w = log_theta_E_box(pr.theta_E), ratio_theta_E_box(pr.theta_E, pr.D_dt, pr.D_d)
+    nu, nw = 12, 24
+    # bin integrals by a fine midpoint rule inside every bin
+    fine = 40
+    edges_u, edges_w = np.linspace(*box_u, nu + 1), np.linspace(*box_w, nw + 1)
+    fu = np.linspace(*box_u, nu * fine + 1)
+    fw = np.linspace(*box_w, nw * fine + 1)
+    mu, mw = 0.5 * (fu[1:] + fu[:-1]), 0.5 * (fw[1:] + fw[:-1])
+    log_p = np.asarray(
+        log_kinematic_scale_prior(mu[:, None], mw[None, :], pr.theta_E, pr.D_dt, pr.D_d)
+    )
+    cell = np.exp(log_p) * (fu[1] - fu[0]) * (fw[1] - fw[0])
+    assert abs(cell.sum() - 1.0) < 2e-3, cell.sum()
+    probs = cell.reshape(nu, fine, nw, fine).sum(axis=(1, 3))
+    rng = np.random.default_rng(11)
+    n = 1_000_000
+    theta_E = rng.uniform(*pr.theta_E, n)
+    ratio = rng.uniform(*pr.D_dt, n) / rng.uniform(*pr.D_d, n)
+    u, w = (np.asarray(a) for a in kinematic_scale_coordinates(theta_E, np.log(ratio)))
+    counts, _, _ = np.histogram2d(u, w, [edges_u, edges_w])
+    expected = n * probs
+    big = expected > 200
+    pulls = (counts[big] - expected[big]) / np.sqrt(expected[big])
+    assert big.sum() > 100 and np.max(np.abs(pulls)) < 5.0, np.max(np.abs(pulls))
+    assert abs(np.mean(pulls**2) - 1.0) < 0.5, np.mean(pulls**2)
+    # where the density is zero there are no draws
+    assert counts[probs == 0].sum() == 0
+
+
+def test_study_reports_the_distance_ratio_of_kinematics_and_joint_fits(tmp_path):
+    """run_study's coverage, widths and Fig. 9 take D_dt / D_d from kinematics fits (a site) and
+    joint fits (from their D_dt and D_d draws), without counting it twice in joint's pooled row."""
+    from types import SimpleNamespace
+
+    import arviz as az
+    from skinn_jax.inference import run_study
+
+    rng = np.random.default_rng(2)
+    results = {}
+    for k in range(3):
+        d_dt, d_d = 3000.0 + 100 * k, 1200.0 - 50 * k
+        joint = {"D_dt": d_dt * (1 + 0.1 * rng.standard_normal((2, 200)))}
+        joint["D_d"] = joint["D_dt"] / (d_dt / d_d * (1 + 0.03 * rng.standard_normal((2, 200))))
+        kin = {RATIO: d_dt / d_d * (1 + 0.06 * rng.standard_normal((2, 200)))}
+        truths = {"D_dt": d_dt, "D_d": d_d, RATIO: d_dt / d_d}
+        per = {}
+        for mode, draws in (("joint", joint), ("kinematics", kin)):
+            table = fit_mod.summary_table(draws, truths, list(draws))
+            result = SimpleNamespace(summary=table, idata=az.from_dict(posterior=draws))
+            per[mode] = {"result": result, "truths": truths}
+        results[k] = per
+    coverage = run_study.coverage_table(results, ["joint", "kinematics"])
+    assert coverage["joint"][RATIO]["n"] == 3 and coverage["kinematics"][RATIO]["n"] == 3
+    assert coverage["joint"]["all (pooled)"]["n"] == 6  # D_dt and D_d, not their ratio
+    assert coverage["kinematics"]["all (pooled)"]["n"] == 3
+    widths = run_study.widths(results)
+    assert widths[0][f"{RATIO}_kinematics"] > 1.5 * widths[0][f"{RATIO}_joint"]
+    ratios = run_study.width_ratios(widths)
+    assert ratios[RATIO]["mode"] == "kinematics" and ratios[RATIO]["median"] > 1.5
+    run_study.plot_fig9(results, ["joint", "kinematics"], tmp_path / "fig9.png")
+    assert (tmp_path / "fig9.png").stat().st_size > 10_000
+    assert RATIO in run_study.markdown(
+        {
+            "n_systems": 3, "modes": ["joint", "kinematics"], "coverage": coverage,
+            "widths": widths, "width_ratios": ratios, "reweighting": {}, "timings": [],
+        }
+    )  # fmt: skip

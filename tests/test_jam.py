@@ -210,6 +210,25 @@ def test_quadrant_keeps_the_signed_velocity_where_the_truth_is_clipped():
     np.testing.assert_allclose(-np.sqrt(-direct), jam.vrms_negative.ravel()[pick], rtol=0.01)
 
 
+def test_quadrant_matches_direct_jampy_next_to_the_zero_boundary():
+    # interpolating the clipped v2 (data format 1) overshot by tens of km/s here
+    p = np.array([0.5, 2.5, 0.6, 1.0, 0.5, 2.0, 0.4, 90.0])
+    jam = jam_quadrant(p)
+    x, y = quadrant_coordinates()
+    v = jam.vrms.ravel()
+    # positive pixels with a zero neighbour (4-connected): the boundary itself
+    zero = jam.vrms == 0
+    edge = np.zeros_like(zero)
+    edge[1:] |= zero[:-1]
+    edge[:-1] |= zero[1:]
+    edge[:, 1:] |= zero[:, :-1]
+    edge[:, :-1] |= zero[:, 1:]
+    boundary = np.flatnonzero((edge & ~zero).ravel())
+    pick = boundary[:: max(1, boundary.size // 30)]
+    direct = jampy_direct(jam_model(p), x.ravel()[pick], y.ravel()[pick])
+    assert np.max(np.abs(v[pick] - direct)) < 1.0
+
+
 def test_bad_parameters_raise():
     bad = TYPICAL.copy()
     bad[1] = 2.7

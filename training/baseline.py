@@ -55,14 +55,27 @@ class BaselineConfig:
     seed: int = 0
     target: str = "u"
     signed: bool = True
+    negative_scale: float = 0.0
     basis_rank: int = 0
     export: str = "checkpoints/pca"
 
 
-def normalised_output(params: np.ndarray, vrms: np.ndarray, target: str = "u") -> np.ndarray:
-    """Training target (N, P) in the network's output space for v_rms maps (N, P) in km/s."""
+def normalised_output(
+    params: np.ndarray, vrms: np.ndarray, target: str = "u", negative_scale: float = 0.0
+) -> np.ndarray:
+    """Training target (N, P) in the network's output space for v_rms maps (N, P) in km/s.
+
+    With ``negative_scale = e > 0``, negative values (signed maps) are compressed to
+    ``e tanh(u / e)`` > -e: the emulator clips them to 0 anyway, and deep negative regions would
+    otherwise take a share of the squared-error loss and of the basis. The map is the identity
+    for ``u >= 0`` and smooth through 0 (slope 1, curvature 0), so the target stays smooth across
+    the zero boundary and the clipped output is unchanged.
+    """
     scale = np.asarray(velocity_scale(params.astype(np.float64)))[:, None]
-    return np.asarray(normalised_target(vrms / scale, target), np.float32)
+    out = np.asarray(normalised_target(vrms / scale, target), np.float32)
+    if negative_scale > 0:
+        out = np.where(out < 0, negative_scale * np.tanh(out / negative_scale), out)
+    return out.astype(np.float32)
 
 
 def pca_basis(u: np.ndarray, k: int, seed: int = 0, power_iterations: int = 3):
@@ -95,12 +108,16 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
     params_val, vrms_val, _ = load_maps(cfg.val_data)
     params_val, vrms_val = params_val[: cfg.n_val], vrms_val[: cfg.n_val]
     n_pca = min(cfg.n_pca_maps, len(params_train))
-    u_pca = normalised_output(params_train[:n_pca], vrms_train[:n_pca], cfg.target)
+    u_pca = normalised_output(
+        params_train[:n_pca], vrms_train[:n_pca], cfg.target, cfg.negative_scale
+    )
     mean, comps = pca_basis(u_pca, cfg.n_components, cfg.seed)
     del u_pca
     coeffs = np.empty((len(params_train), cfg.n_components), np.float32)
     for i in range(0, len(params_train), 2000):
-        u = normalised_output(params_train[i : i + 2000], vrms_train[i : i + 2000], cfg.target)
+        u = normalised_output(
+            params_train[i : i + 2000], vrms_train[i : i + 2000], cfg.target, cfg.negative_scale
+        )
         coeffs[i : i + 2000] = (u - mean) @ comps
     targets = np.concatenate([np.ones((len(coeffs), 1), np.float32), coeffs], axis=1)
 

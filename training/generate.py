@@ -252,7 +252,8 @@ def _run_local(tasks: list[ShardTask], workers: int) -> Iterator[tuple[ShardTask
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
         futures = {pool.submit(compute_shard, t): t for t in tasks}
         for future in cf.as_completed(futures):
-            yield futures[future], future.result()
+            # drop the finished future: it holds its shard's arrays (~30 MB) until released
+            yield futures.pop(future), future.result()
 
 
 def _run_dask(tasks: list[ShardTask], scheduler: str) -> Iterator[tuple[ShardTask, dict]]:
@@ -261,7 +262,9 @@ def _run_dask(tasks: list[ShardTask], scheduler: str) -> Iterator[tuple[ShardTas
     with Client(scheduler) as client:
         futures = client.map(compute_shard, tasks, pure=False)
         index = {f.key: t for f, t in zip(futures, tasks, strict=True)}
-        for future in as_completed(futures):
+        finished = as_completed(futures)
+        del futures  # as above: let each finished future (and its arrays) go once used
+        for future in finished:
             yield index[future.key], future.result()
 
 

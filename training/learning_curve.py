@@ -52,7 +52,7 @@ def plot(docs: Path) -> None:
         sizes = sorted(int(k) for k in data["results"])
         med = [data["results"][str(n)]["val_median_abs_E"] for n in sizes]
         p95 = [data["results"][str(n)]["val_p95_abs_E"] for n in sizes]
-        label = f"{data['kind']} ({data['steps']} steps)"
+        label = f"{data.get('label', data['kind'])} ({data['steps']} steps)"
         line = ax.loglog(sizes, med, "o-", label=f"{label}: median |E|")[0]
         ax.loglog(sizes, p95, "s--", color=line.get_color(), label=f"{label}: 95th pct")
     ax.axhline(0.05, color="k", lw=0.8, ls=":", label="target median")
@@ -71,12 +71,13 @@ def main() -> None:
     ap.add_argument("--config", default=None, help="CIPS training config to start from")
     ap.add_argument("--workdir", type=Path, default=Path("runs/learning_curve"))
     ap.add_argument("--docs", type=Path, default=Path("docs"))
+    ap.add_argument("--label", default=None, help="name of the curve (default: the kind)")
     args = ap.parse_args()
     results = run(args.kind, args.sizes, args.steps, args.workdir, args.config)
-    out = args.docs / f"learning_curve_{args.kind}.json"
-    out.write_text(
-        json.dumps({"kind": args.kind, "steps": args.steps, "results": results}, indent=1)
-    )
+    label = args.label or args.kind
+    out = args.docs / f"learning_curve_{label}.json"
+    record = {"kind": args.kind, "label": label, "steps": args.steps, "results": results}
+    out.write_text(json.dumps(record, indent=1))
     plot(args.docs)
 
 

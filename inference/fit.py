@@ -80,6 +80,9 @@ class FitSettings:
         map_tol: stop when the potential decreases by less than this over an iteration.
         map_newton_steps: Newton steps (whitened finite-difference Hessian) after L-BFGS.
         fd_step: finite-difference step of the first, unwhitened Hessian (unconstrained units).
+        laplace_step: step of the whitened finite-difference Hessians, in units of the current
+            σ (~0.5 averages the curvature across kinks of the prior, e.g. the tent-shaped
+            prior of the kinematics mode's distance ratio).
         adapt_mass_matrix: also adapt the (dense) mass matrix during warm-up.
         init_jitter: chains start at MAP + init_jitter x (draw from the Laplace Gaussian).
         target_accept_prob: NUTS target acceptance probability.
@@ -99,6 +102,7 @@ class FitSettings:
     map_tol: float = 1e-4
     map_newton_steps: int = 6
     fd_step: float = 1e-5
+    laplace_step: float = 1e-3
     adapt_mass_matrix: bool = False
     init_jitter: float = 0.3
     target_accept_prob: float = 0.9
@@ -119,7 +123,9 @@ def default_settings(mode: str = "joint") -> FitSettings:
     longer warm-up.
     """
     if mode == "kinematics":
-        return FitSettings(num_warmup=300, num_samples=300, adapt_mass_matrix=True)
+        return FitSettings(
+            num_warmup=300, num_samples=300, adapt_mass_matrix=True, laplace_step=0.5
+        )
     return FitSettings()
 
 
@@ -265,8 +271,24 @@ def fd_hessian(value_and_grad, z: np.ndarray, step: float) -> np.ndarray:
     return 0.5 * (hess + hess.T)
 
 
+PRIOR_VARIANCE = math.pi**2 / 3.0
+"""Variance of a uniform prior in NumPyro's unconstrained (logit) coordinates: a logistic
+distribution. No posterior direction is broader than its prior, so this caps the Laplace metric."""
+
+
+def cap_variance(cov: np.ndarray, max_variance: float = PRIOR_VARIANCE) -> np.ndarray:
+    """``cov`` (d, d) with every eigenvalue above ``max_variance`` lowered to it."""
+    eigval, eigvec = np.linalg.eigh(0.5 * (cov + cov.T))
+    capped = (eigvec * np.clip(eigval, 0.0, max_variance)) @ eigvec.T
+    return 0.5 * (capped + capped.T)
+
+
 def whitened_covariance(
-    value_and_grad, z: np.ndarray, chol: np.ndarray, step: float = 1e-3
+    value_and_grad,
+    z: np.ndarray,
+    chol: np.ndarray,
+    step: float = 1e-3,
+    max_variance: float = PRIOR_VARIANCE,
 ) -> tuple[np.ndarray, int]:
     """Inverse Hessian at ``z`` by finite differences in whitened coordinates ``z + chol w``.
 
@@ -275,7 +297,10 @@ def whitened_covariance(
     plain finite differences in ``z`` are not: the posterior's curvatures span ~8 decades in the
     unconstrained coordinates (the quasar images pin the lens centre to ~0.02 mas while D_d is
     known to ~20 %), and their round-off swamps the weak directions (measured: indefinite
-    Hessians at the MAP). Returns ``(chol W⁻¹ chol^T, n_fixed)`` (see :func:`regularised_inverse`).
+    Hessians at the MAP). Returns ``(chol W⁻¹ chol^T, n_fixed)``: directions where ``W`` is not
+    positive keep the variance of ``chol`` (so repeated refinements cannot inflate them
+    geometrically), and no direction is broader than ``max_variance`` (unconstrained units,
+    :func:`cap_variance`). ``step`` of ~0.5 σ averages the curvature over kinks of the prior.
     """
     d = z.size
     w_hess = np.empty((d, d))
@@ -285,21 +310,25 @@ def whitened_covariance(
         g_minus = np.asarray(value_and_grad(jnp.asarray(z - dz))[1])
         w_hess[:, j] = chol.T @ (g_plus - g_minus) / (2.0 * step)
     w_hess = 0.5 * (w_hess + w_hess.T)
-    w_inv, n_fixed = regularised_inverse(w_hess)
-    cov = chol @ w_inv @ chol.T
-    return 0.5 * (cov + cov.T), n_fixed
+    w_inv, n_fixed = regularised_inverse(w_hess, non_positive_variance=1.0)
+    return cap_variance(chol @ w_inv @ chol.T, max_variance), n_fixed
 
 
-def regularised_inverse(hess: np.ndarray, max_variance: float = 25.0) -> tuple[np.ndarray, int]:
-    """Inverse of a symmetric matrix with eigenvalues made positive (``|λ|``, floored).
+def regularised_inverse(
+    hess: np.ndarray, max_variance: float = 25.0, non_positive_variance: float | None = None
+) -> tuple[np.ndarray, int]:
+    """Inverse of a symmetric matrix with its eigenvalues made positive.
 
     Returns:
-        ``(inverse, n_fixed)``: the positive-definite inverse and how many eigenvalues were not
-        positive (their variance is set to ``max_variance``).
+        ``(inverse, n_fixed)``: the positive-definite inverse, with variances ``1/λ`` capped at
+        ``max_variance``, and how many eigenvalues were not positive (their variance is set to
+        ``non_positive_variance``, default ``max_variance``).
     """
+    if non_positive_variance is None:
+        non_positive_variance = max_variance
     eigval, eigvec = np.linalg.eigh(hess)
     bad = eigval <= 0
-    variance = np.where(bad, max_variance, 1.0 / np.maximum(eigval, 1e-300))
+    variance = np.where(bad, non_positive_variance, 1.0 / np.maximum(eigval, 1e-300))
     variance = np.minimum(variance, max_variance)
     inverse = (eigvec * variance) @ eigvec.T
     return 0.5 * (inverse + inverse.T), int(bad.sum())
@@ -347,7 +376,7 @@ def find_map(pot: Potential, settings: FitSettings, quiet: bool = False) -> MapR
     n_evals = 0
     hess0 = fd_hessian(vg, z0, settings.fd_step)
     cov0, _ = regularised_inverse(hess0)
-    cov0, _ = whitened_covariance(vg, z0, np.linalg.cholesky(cov0))
+    cov0, _ = whitened_covariance(vg, z0, np.linalg.cholesky(cov0), settings.laplace_step)
     n_evals += 4 * d
     chol = np.linalg.cholesky(cov0)  # z = z0 + chol w
 
@@ -400,7 +429,9 @@ def find_map(pot: Potential, settings: FitSettings, quiet: bool = False) -> MapR
     cov = cov0
     n_negative = 0
     for _ in range(settings.map_newton_steps):
-        cov, n_negative = whitened_covariance(vg, z_map, np.linalg.cholesky(cov))
+        cov, n_negative = whitened_covariance(
+            vg, z_map, np.linalg.cholesky(cov), settings.laplace_step
+        )
         n_evals += 2 * d
         value, grad = (float(a) if np.ndim(a) == 0 else np.asarray(a) for a in vg(z_map))
         step = -cov @ grad
@@ -420,7 +451,7 @@ def find_map(pot: Potential, settings: FitSettings, quiet: bool = False) -> MapR
         z_map = z_map + eta * step
         value = t_value
         steps += 1
-    cov, n_negative = whitened_covariance(vg, z_map, np.linalg.cholesky(cov))
+    cov, n_negative = whitened_covariance(vg, z_map, np.linalg.cholesky(cov), settings.laplace_step)
     n_evals += 2 * d
     return MapResult(
         z=z_map,

@@ -21,8 +21,9 @@ a complete fit is loaded rather than redone, so the study can be stopped and res
   nominal, |mean pull| of D_d and D_Δt < 0.3);
 - **what the kinematics add**: the posterior widths of D_d, D_Δt and γ, lensing-only vs joint;
   and what the lensing adds: the width of ``D_dt / D_d``, kinematics-only vs joint;
-- **emulator error**: for the ``--reweight-systems``, joint-mode draws are importance-reweighted by
-  ``L_kin(JAM truth) / L_kin(emulator)``, with JAM truth recomputed at each draw's 13 parameters
+- **emulator error**: for the ``--reweight-systems``, joint- and kinematics-mode draws are
+  importance-reweighted by ``L_kin(JAM truth) / L_kin(emulator)``, with JAM truth recomputed at
+  each draw's parameters
   (:func:`skinn_jax.inference.mock_kinematics.jam_truth_bins` at the draw's distances, through the
   same forward model); reported: the effective sample size ``(Σw)²/Σw²`` and every parameter's
   shift (weighted mean - mean) / sd;
@@ -276,7 +277,10 @@ def widths(results: dict) -> dict:
 
 
 def reweight(per_mode: dict, n_draws: int, seed: int = 0) -> dict:
-    """Importance weights ``L_kin(JAM) / L_kin(emulator)`` on thinned joint draws.
+    """Importance weights ``L_kin(JAM) / L_kin(emulator)`` on thinned joint or kinematics draws.
+
+    Kinematics fits sample the distance ratio only; the likelihood depends on nothing else of
+    the distances, so their draws stand for :func:`~.model.kinematic_distances`.
 
     Returns ESS (absolute and as a fraction of the draws) and each paper parameter's shift
     (weighted mean - mean) / sd.
@@ -287,15 +291,22 @@ def reweight(per_mode: dict, n_draws: int, seed: int = 0) -> dict:
     from skinn_jax.likelihood import gaussian_log_likelihood
 
     from .mock_kinematics import jam_distances, jam_truth_bins
-    from .model import emulator_params, sky_params
+    from .model import RATIO, emulator_params, kinematic_distances, sky_params
 
     result, setup, data = per_mode["result"], per_mode["setup"], per_mode["data"]
     post = result.idata.posterior
     needed = (
         "theta_E", "gamma", "q_mass", "q_light", "r_sersic_ratio", "n_sersic", "beta_z",
-        "inclination_deg", "phi", "center_x", "center_y", "D_dt", "D_d",
+        "inclination_deg", "phi", "center_x", "center_y",
     )  # fmt: skip
     flat = {name: np.asarray(post[name]).reshape(-1) for name in needed}
+    if "D_dt" in post:
+        flat["D_dt"], flat["D_d"] = (np.asarray(post[n]).reshape(-1) for n in ("D_dt", "D_d"))
+    else:
+        flat["D_dt"], flat["D_d"] = (
+            np.asarray(d) for d in kinematic_distances(np.asarray(post[RATIO]).reshape(-1))
+        )
+    needed += ("D_dt", "D_d")
     total = flat["theta_E"].size
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(total, size=min(n_draws, total), replace=False))
@@ -408,14 +419,15 @@ def markdown(summary: dict) -> str:
                 f"| {name} | {r.get('mode', 'lensing')} | {r['n']} | {r['median']:.2f} | "
                 f"{r['min']:.2f}-{r['max']:.2f} |"
             )
-    lines += ["", "## Importance reweighting by JAM truth (joint mode)", ""]
-    for k, r in summary["reweighting"].items():
-        shifts = ", ".join(f"{n} {v:+.2f}" for n, v in r["shift_in_sd"].items())
-        lines.append(
-            f"- system {k}: {r['n_draws']} draws, ESS {r['ess']:.1f} "
-            f"({100 * r['ess_fraction']:.0f} %), Δlog L = {r['delta_log_l_mean']:.2f} ± "
-            f"{r['delta_log_l_sd']:.2f}; shifts in σ: {shifts}"
-        )
+    lines += ["", "## Importance reweighting by JAM truth", ""]
+    for mode, per_system in summary["reweighting"].items():
+        for k, r in per_system.items():
+            shifts = ", ".join(f"{n} {v:+.2f}" for n, v in r["shift_in_sd"].items())
+            lines.append(
+                f"- system {k} ({mode}): {r['n_draws']} draws, ESS {r['ess']:.1f} "
+                f"({100 * r['ess_fraction']:.0f} %), Δlog L = {r['delta_log_l_mean']:.2f} ± "
+                f"{r['delta_log_l_sd']:.2f}; shifts in σ: {shifts}"
+            )
     lines += [
         "",
         "## Timings",
@@ -470,10 +482,12 @@ def main(argv: list[str] | None = None) -> int:
         args.reweight_systems if args.reweight_systems is not None else args.systems[:1]
     )
     reweighting = {}
-    if "joint" in args.modes:
+    for mode in ("joint", "kinematics"):
         for k in reweight_systems:
-            if "joint" in results.get(k, {}):
-                reweighting[k] = reweight(results[k]["joint"], args.reweight_draws)
+            if mode in args.modes and mode in results.get(k, {}):
+                reweighting.setdefault(mode, {})[k] = reweight(
+                    results[k][mode], args.reweight_draws
+                )
     timings = [
         {
             "system": k,

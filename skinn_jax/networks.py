@@ -84,6 +84,18 @@ def normalised_target(relative_vrms, target: str = "u"):
     return relative_vrms * jnp.abs(relative_vrms) if target == "u" else relative_vrms
 
 
+def compress_negative(target, negative_scale: float):
+    """``e tanh(t / e)`` where ``t < 0`` (``e = negative_scale > 0``), ``t`` elsewhere.
+
+    Applied to signed training targets: the emulator clips negative output to 0 anyway, and deep
+    negative regions would otherwise take a share of the loss. Identity for ``t >= 0`` and
+    smooth through 0 (slope 1, curvature 0), so the clipped output is unchanged.
+    """
+    if negative_scale <= 0:
+        return target
+    return jnp.where(target < 0, negative_scale * jnp.tanh(target / negative_scale), target)
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     """Architecture hyper-parameters (stored in every checkpoint).
@@ -245,7 +257,20 @@ class CIPSGenerator(nn.Module):
         return nn.Dense(c.n_basis)(h)
 
 
-class CIPSNet(nn.Module):
+class _StyledFeatures:
+    """What both networks share: ``u = style · features``, the style from the parameters and the
+    features from the position (subclasses define ``style`` and ``features``)."""
+
+    def values_at(self, style, x, y):
+        """``u`` (B, *S) for style vectors (B, K + 1) at points ``x, y`` of shape S."""
+        return jnp.einsum("...k,bk->b...", self.features(x, y), style)
+
+    def __call__(self, p_norm, x, y):
+        """u for every map in ``p_norm`` (B, 8) at every point of ``x, y`` (P,) -> (B, P)."""
+        return self.style(p_norm) @ self.features(x, y).T
+
+
+class CIPSNet(_StyledFeatures, nn.Module):
     """The CIPS-style emulator network: ``u = G(x, y) . M(p)[1:] + M(p)[0]``."""
 
     config: NetworkConfig
@@ -263,16 +288,8 @@ class CIPSNet(nn.Module):
         """Style vector (..., K + 1) for normalised parameters (..., 8)."""
         return self.mapping(p_norm)
 
-    def values_at(self, style, x, y):
-        """``u`` (B, *S) for style vectors (B, K + 1) at points ``x, y`` of shape S."""
-        return jnp.einsum("...k,bk->b...", self.features(x, y), style)
 
-    def __call__(self, p_norm, x, y):
-        """u for every map in ``p_norm`` (B, 8) at every point of ``x, y`` (P,) -> (B, P)."""
-        return self.style(p_norm) @ self.features(x, y).T
-
-
-class PCANet(nn.Module):
+class PCANet(_StyledFeatures, nn.Module):
     """The baseline: a fixed PCA basis of the quadrant maps and an MLP for its coefficients.
 
     The basis (``constants`` collection, the mean map and the components on the 276 x 276
@@ -320,10 +337,6 @@ class PCANet(nn.Module):
         coeffs = self.mapping(p_norm)[..., 1:]
         return jnp.concatenate([jnp.ones_like(coeffs[..., :1]), coeffs], axis=-1)
 
-    def values_at(self, style, x, y):
-        """``u`` (B, *S) for style vectors (B, K + 1) at points ``x, y`` of shape S."""
-        return jnp.einsum("...k,bk->b...", self.features(x, y), style)
-
     def quadrant(self, style):
         """``u`` on the quadrant grid (..., 276, 276) for style vectors (..., K + 1); factorised
         basis only (a dense basis is the product with the emulator's cached grid features)."""
@@ -331,9 +344,6 @@ class PCANet(nn.Module):
             raise ValueError("PCANet.quadrant needs a factorised basis (basis_rank > 0)")
         m = jnp.einsum("abk,...k->...ab", self.core.value, style)
         return jnp.einsum("ia,...ab,jb->...ij", self.rows.value, m, self.cols.value)
-
-    def __call__(self, p_norm, x, y):
-        return self.style(p_norm) @ self.features(x, y).T
 
 
 def dense_pca(config: NetworkConfig, variables) -> tuple[NetworkConfig, dict]:

@@ -622,3 +622,46 @@ def test_study_reports_the_distance_ratio_of_kinematics_and_joint_fits(tmp_path)
             "widths": widths, "width_ratios": ratios, "reweighting": {}, "timings": [],
         }
     )  # fmt: skip
+
+
+def _quadratic(hess: np.ndarray):
+    def value_and_grad(z):
+        z = np.asarray(z)
+        return 0.5 * z @ hess @ z, hess @ z
+
+    return value_and_grad
+
+
+def test_whitened_covariance_is_the_inverse_hessian_of_a_gaussian():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(5, 5))
+    hess = a @ a.T + 0.5 * np.eye(5)  # well inside the prior cap
+    start = np.linalg.cholesky(np.eye(5) * 0.7)
+    for step in (1e-3, 0.5):  # exact for any step on a quadratic
+        cov, n_fixed = fit_mod.whitened_covariance(_quadratic(hess), np.zeros(5), start, step)
+        assert n_fixed == 0
+        np.testing.assert_allclose(cov, np.linalg.inv(hess), rtol=1e-8, atol=1e-10)
+
+
+def test_laplace_variance_of_a_flat_or_concave_direction_does_not_compound():
+    # one concave and one nearly flat direction: the old refinement multiplied their variance
+    # by 25 at every pass; now they keep the start's variance and never exceed the prior's
+    hess = np.diag([4.0, -1.0, 1e-6])
+    cov = np.diag([0.25, 0.5, 1.0])
+    for _ in range(6):
+        cov, n_fixed = fit_mod.whitened_covariance(
+            _quadratic(hess), np.zeros(3), np.linalg.cholesky(cov)
+        )
+    assert n_fixed == 1
+    eig = np.linalg.eigvalsh(cov)
+    assert eig.max() <= fit_mod.PRIOR_VARIANCE * (1 + 1e-9)
+    np.testing.assert_allclose(np.diag(cov), [0.25, 0.5, fit_mod.PRIOR_VARIANCE], rtol=1e-6)
+
+
+def test_cap_variance_lowers_only_the_broad_eigenvalues():
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+    cov = (q * np.array([0.1, 1.0, 10.0, 1000.0])) @ q.T
+    capped = fit_mod.cap_variance(cov, 2.0)
+    np.testing.assert_allclose(np.linalg.eigvalsh(capped), [0.1, 1.0, 2.0, 2.0], rtol=1e-10)
+    np.testing.assert_allclose(capped @ q[:, 0], 0.1 * q[:, 0], atol=1e-12)

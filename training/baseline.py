@@ -26,6 +26,7 @@ from skinn_jax.emulator import Emulator
 from skinn_jax.grid import QUADRANT_SIZE
 from skinn_jax.networks import (
     NetworkConfig,
+    compress_negative,
     count_parameters,
     factorise_basis,
     make_network,
@@ -72,10 +73,8 @@ def normalised_output(
     the zero boundary and the clipped output is unchanged.
     """
     scale = np.asarray(velocity_scale(params.astype(np.float64)))[:, None]
-    out = np.asarray(normalised_target(vrms / scale, target), np.float32)
-    if negative_scale > 0:
-        out = np.where(out < 0, negative_scale * np.tanh(out / negative_scale), out)
-    return out.astype(np.float32)
+    out = compress_negative(normalised_target(vrms / scale, target), negative_scale)
+    return np.asarray(out, np.float32)
 
 
 def pca_basis(u: np.ndarray, k: int, seed: int = 0, power_iterations: int = 3):

@@ -1,6 +1,6 @@
 """Learning curves: validation accuracy against the number of training maps, per emulator.
 
-``python -m skinn_jax.training.learning_curve --kind pca --sizes 500 1000 2000 4000`` trains one
+``python -m training.learning_curve --kind pca --sizes 500 1000 2000 4000`` trains one
 model per size (the first N maps of the training set), evaluates it on the validation set
 (median and 95th percentile of |E| over full maps) and writes ``docs/learning_curve_<kind>.json``
 and ``docs/figures/learning_curve.png`` (all kinds measured so far).
@@ -17,11 +17,27 @@ from .baseline import BaselineConfig, train_baseline
 from .train import TrainConfig, train
 
 
-def run(kind: str, sizes: list[int], steps: int, workdir: Path, config: str | None) -> dict:
-    results = {}
+def run(
+    kind: str,
+    sizes: list[int],
+    steps: int,
+    workdir: Path,
+    config: str | None,
+    baseline: BaselineConfig | None = None,
+    done: dict | None = None,
+    on_result=None,
+) -> dict:
+    """Train one model per size; ``done`` holds sizes already measured (skipped), ``on_result``
+    is called with the results after each size so a killed curve keeps what it measured."""
+    results = dict(done or {})
     for n in sizes:
+        if str(n) in results:
+            continue
         if kind == "pca":
-            cfg = BaselineConfig(n_train=n, steps=steps, export=str(workdir / f"pca_{n}"))
+            base = baseline or BaselineConfig()
+            cfg = replace(
+                base, n_train=n, n_pca_maps=n, steps=steps, export=str(workdir / f"pca_{n}")
+            )
             r = train_baseline(cfg, progress=False)
         else:
             base = TrainConfig.from_file(config) if config else TrainConfig()
@@ -30,13 +46,16 @@ def run(kind: str, sizes: list[int], steps: int, workdir: Path, config: str | No
                 n_train=n,
                 steps=steps,
                 eval_every=steps,
-                checkpoint_every=steps,
+                checkpoint_every=min(steps, 5000),
                 out=str(workdir / f"run_cips_{n}"),
                 export=str(workdir / f"cips_{n}"),
             )
             r = train(cfg, progress=False)
-        results[n] = {k: r[k] for k in ("val_median_abs_E", "val_p95_abs_E", "val_median_E")}
-        print(n, results[n], flush=True)
+        keys = ("val_median_abs_E", "val_p95_abs_E", "val_median_E", "cpu_seconds")
+        results[str(n)] = {k: r[k] for k in keys if k in r}
+        print(n, results[str(n)], flush=True)
+        if on_result is not None:
+            on_result(results)
     return results
 
 
@@ -69,16 +88,40 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[500, 1000, 2000, 4000])
     ap.add_argument("--steps", type=int, default=20000)
     ap.add_argument("--config", default=None, help="CIPS training config to start from")
+    ap.add_argument("--components", type=int, default=40, help="PCA components (pca)")
+    ap.add_argument("--width", type=int, default=256, help="mapping-network width (pca)")
+    ap.add_argument(
+        "--negative-scale", type=float, default=0.0, help="signed-target compression (pca)"
+    )
     ap.add_argument("--workdir", type=Path, default=Path("runs/learning_curve"))
     ap.add_argument("--docs", type=Path, default=Path("docs"))
     ap.add_argument("--label", default=None, help="name of the curve (default: the kind)")
     args = ap.parse_args()
-    results = run(args.kind, args.sizes, args.steps, args.workdir, args.config)
     label = args.label or args.kind
     out = args.docs / f"learning_curve_{label}.json"
-    record = {"kind": args.kind, "label": label, "steps": args.steps, "results": results}
-    out.write_text(json.dumps(record, indent=1))
-    plot(args.docs)
+    settings = {"kind": args.kind, "label": label, "steps": args.steps}
+    if args.kind == "pca":
+        settings |= {
+            "components": args.components,
+            "width": args.width,
+            "negative_scale": args.negative_scale,
+        }
+    else:
+        settings["config"] = args.config
+    done = {}
+    if out.exists():  # resume a curve with the same settings; never mix settings
+        old = json.loads(out.read_text())
+        if {k: old.get(k) for k in settings} == settings:
+            done = old["results"]
+
+    def save(results: dict) -> None:
+        out.write_text(json.dumps({**settings, "results": results}, indent=1))
+        plot(args.docs)
+
+    baseline = BaselineConfig(
+        n_components=args.components, mapping_width=args.width, negative_scale=args.negative_scale
+    )
+    run(args.kind, args.sizes, args.steps, args.workdir, args.config, baseline, done, save)
 
 
 if __name__ == "__main__":

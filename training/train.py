@@ -30,6 +30,7 @@ from skinn_jax.checkpoint import save_checkpoint
 from skinn_jax.grid import QUADRANT_SIZE, full_map_weights, quadrant_coordinates
 from skinn_jax.networks import (
     NetworkConfig,
+    compress_negative,
     count_parameters,
     make_network,
     normalised_target,
@@ -64,6 +65,12 @@ class TrainConfig:
     weight_decay: float = 1e-6
     ema_decay: float = 0.999
     second_moment_weight: float = 0.1
+    signed: bool = True
+    """Fit JAM's signed second moment (data format >= 2), smooth across the zero boundary, and
+    clip only the output; False: the clipped truth with a hinge on zero pixels (format 1)."""
+    negative_scale: float = 0.0
+    """With ``signed``: compress negative targets to ``e tanh(u / e)`` (see
+    :func:`skinn_jax.networks.compress_negative`)."""
     seed: int = 0
     checkpoint_every: int = 500
     eval_every: int = 1000
@@ -164,15 +171,25 @@ def predict_u(net, variables, p, x, y):
     return net.apply(variables, normalise_params(p), x, y)
 
 
-def loss_fn(params, constants, net, p, x, y, v_true, second_moment_weight):
+def loss_fn(
+    params, constants, net, p, x, y, v_true, second_moment_weight, signed=False, negative_scale=0.0
+):
+    """Relative velocity error plus ``second_moment_weight`` x the error in target space.
+
+    ``v_true`` (B, P) km/s is the clipped truth, or with ``signed`` the signed velocity
+    ``sign(v2) sqrt(|v2|)``, whose (compressed) signed second moment is then the target; else
+    zero pixels only penalise positive output (a hinge).
+    """
     variables = {"params": params, **constants}
     u = predict_u(net, variables, p, x, y)
     scale = velocity_scale(p)[:, None]
     v_pred = scale * relative_velocity(u, net.config.target)
-    rel = (v_pred - v_true) / scale
+    rel = (v_pred - jnp.maximum(v_true, 0.0)) / scale
     u_true = normalised_target(v_true / scale, net.config.target)
-    zero = v_true <= 0
-    u_err = jnp.where(zero, jax.nn.relu(u), u - u_true)
+    if signed:
+        u_err = u - compress_negative(u_true, negative_scale)
+    else:
+        u_err = jnp.where(v_true <= 0, jax.nn.relu(u), u - u_true)
     return jnp.mean(rel**2) + second_moment_weight * jnp.mean(u_err**2)
 
 
@@ -199,7 +216,16 @@ def ema_weights(state, decay: float):
 def make_train_step(net, optimizer, cfg: TrainConfig):
     def step(state, constants, p, x, y, v_true):
         loss, grads = jax.value_and_grad(loss_fn)(
-            state["params"], constants, net, p, x, y, v_true, cfg.second_moment_weight
+            state["params"],
+            constants,
+            net,
+            p,
+            x,
+            y,
+            v_true,
+            cfg.second_moment_weight,
+            cfg.signed,
+            cfg.negative_scale,
         )
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
@@ -334,7 +360,13 @@ def train(
         state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
         if "n_train" not in run_info:
             raise ValueError(f"{out}: checkpoint without run_info.json; cannot resume safely")
-    params_train, vrms_train, _ = load_maps(cfg.train_data, cfg.n_train)
+    if cfg.signed and cfg.network.target != "u":
+        raise ValueError(
+            f"signed maps need network target 'u' (the signed second moment is smooth across the "
+            f"zero boundary): got {cfg.network.target!r}; set signed=false"
+        )
+    # the fit sees the signed maps; validation compares with the clipped truth
+    params_train, vrms_train, _ = load_maps(cfg.train_data, cfg.n_train, signed=cfg.signed)
     run_info["n_train"] = len(params_train)
     run_info.setdefault("segments", []).append(
         {"start_step": int(state["step"]), "n_train": len(params_train)}

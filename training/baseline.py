@@ -37,7 +37,7 @@ from skinn_jax.params import normalise_params
 
 from .evaluate import predict
 from .generate import DataSet
-from .train import full_map_errors, load_maps, predict_quadrants
+from .train import check_signed_target, full_map_errors, load_maps, predict_quadrants
 
 
 @dataclass
@@ -66,11 +66,8 @@ def normalised_output(
 ) -> np.ndarray:
     """Training target (N, P) in the network's output space for v_rms maps (N, P) in km/s.
 
-    With ``negative_scale = e > 0``, negative values (signed maps) are compressed to
-    ``e tanh(u / e)`` > -e: the emulator clips them to 0 anyway, and deep negative regions would
-    otherwise take a share of the squared-error loss and of the basis. The map is the identity
-    for ``u >= 0`` and smooth through 0 (slope 1, curvature 0), so the target stays smooth across
-    the zero boundary and the clipped output is unchanged.
+    With ``negative_scale > 0``, negative values (signed maps) are compressed by
+    :func:`skinn_jax.networks.compress_negative`.
     """
     scale = np.asarray(velocity_scale(params.astype(np.float64)))[:, None]
     out = compress_negative(normalised_target(vrms / scale, target), negative_scale)
@@ -95,12 +92,7 @@ def pca_basis(u: np.ndarray, k: int, seed: int = 0, power_iterations: int = 3):
 def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    if cfg.signed and cfg.target != "u":
-        raise ValueError(
-            f"signed maps need target 'u' (the signed second moment is smooth across the zero "
-            f"boundary; the signed velocity has a square-root cusp there): got target "
-            f"{cfg.target!r}; use signed=False (train-baseline --clipped)"
-        )
+    check_signed_target(cfg.signed, cfg.target, "use signed=False (train-baseline --clipped)")
     t_cpu = time.process_time()
     # the fit sees the signed maps; validation compares with the clipped truth
     params_train, vrms_train, _ = load_maps(cfg.train_data, cfg.n_train, signed=cfg.signed)

@@ -166,6 +166,16 @@ class PixelSampler:
 # -- model, loss, step -----------------------------------------------------------------------------
 
 
+def check_signed_target(signed: bool, target: str, fix: str) -> None:
+    """Signed maps need the ``u`` output space: raise ``ValueError`` (ending in ``fix``) if not."""
+    if signed and target != "u":
+        raise ValueError(
+            f"signed maps need target 'u' (the signed second moment is smooth across the zero "
+            f"boundary; the signed velocity has a square-root cusp there): got target "
+            f"{target!r}; {fix}"
+        )
+
+
 def predict_u(net, variables, p, x, y):
     """Normalised second moment (B, P) for physical parameters p (B, 8) at points (P,)."""
     return net.apply(variables, normalise_params(p), x, y)
@@ -331,6 +341,7 @@ def train(
     import orbax.checkpoint as ocp
     from tqdm import tqdm
 
+    check_signed_target(cfg.signed, cfg.network.target, "set signed=false in the config")
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
@@ -360,11 +371,6 @@ def train(
         state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
         if "n_train" not in run_info:
             raise ValueError(f"{out}: checkpoint without run_info.json; cannot resume safely")
-    if cfg.signed and cfg.network.target != "u":
-        raise ValueError(
-            f"signed maps need network target 'u' (the signed second moment is smooth across the "
-            f"zero boundary): got {cfg.network.target!r}; set signed=false"
-        )
     # the fit sees the signed maps; validation compares with the clipped truth
     params_train, vrms_train, _ = load_maps(cfg.train_data, cfg.n_train, signed=cfg.signed)
     run_info["n_train"] = len(params_train)

@@ -10,15 +10,19 @@ set-up; inference lives in :mod:`skinn_jax.inference.fit`). The log likelihood i
 
 Prior
 -----
-The same in every mode: uniform in Herculens's lens-model parameters -- the EPL Einstein radius
-``theta_E_epl``, ``e1``, ``e2`` of the (cored) mass, the slope ``gamma``, the centre, the shear
-``gamma1, gamma2`` and the source position -- and in the light, source, kinematic and distance
-parameters, each inside the box of :class:`Priors`; restricted to the emulator's training box
-(the emulator's ``theta_E`` and ``q_mass``, derived from the EPL parameters with the tested
-:func:`skinn_jax.profiles.theta_E_from_epl` and :func:`skinn_jax.profiles.q_phi_from_e1e2`, must lie
-in their boxes; ``gamma``, ``q_light``, ``r_sersic / theta_E``, ``n_sersic``, ``beta_z`` and the
-inclination are sampled inside theirs). The emulator's eight inputs are :func:`emulator_params`
-of those values: nothing is converted by hand.
+The same in every mode (model version 5): uniform in the paper's parameters -- the emulator's
+mass ``theta_E``, ``gamma``, ``q_mass`` and position angle ``phi``, the centre, the light,
+kinematic and distance parameters (paper Tables 1 and 2, the distributions the mock truths are
+drawn from, so that the coverage test is calibrated) -- and in the shear ``gamma1, gamma2``, the
+source position and the remaining source and magnitude parameters, each inside the box of
+:class:`Priors` (the emulator's training box for the eight emulator inputs). Herculens's EPL
+``theta_E_epl, e1, e2`` are converted to and from the emulator's ``theta_E, q_mass, phi`` only by
+the tested :func:`skinn_jax.profiles.theta_E_from_epl`, :func:`skinn_jax.profiles.q_phi_from_e1e2`
+and their inverses; the emulator's eight inputs are :func:`emulator_params` of those values:
+nothing is converted by hand. (Versions <= 4 were uniform in ``(theta_E_epl, e1, e2)``: density
+in ``q_mass`` ∝ ``(1 - q)/(1 + q)³``, 6.7x higher at q = 0.6 than at 0.9, which pulled the
+kinematics-only fits to low ``q_mass`` (-2.6σ, -2.8σ on systems 0 and 9); and the lensing modes'
+image-position Jacobian had the wrong sign, a tilt of ~10 per unit ``gamma`` in log density.)
 
 Sampled coordinates
 -------------------
@@ -55,8 +59,10 @@ site                    unit                    meaning
 and :func:`solve_lens` finds ``theta_E_epl, e1, e2, gamma1, gamma2, src_x, src_y`` and image D's
 ``y`` such that the four images are exact images of one source (eight lens equations, eight
 unknowns; Newton's method from ``setup.solver_start``, fixed iteration count, differentiable).
-The change of variables adds ``-log |det ∂(lens)/∂(images)|`` so that the prior stays uniform in
-the lens parameters; solutions outside the lens boxes get zero prior. ``ps_x, ps_y_abc`` are
+The change of variables adds ``log |det ∂(lens)/∂(images)|`` (``solve_lens``'s log-Jacobian, of
+the EPL parameters) minus :func:`log_epl_jacobian` (EPL -> emulator mass), so that the prior is
+uniform in ``(theta_E, q_mass, phi, gamma1, gamma2, src_x, src_y)``; solutions outside the lens
+boxes get zero prior. ``ps_x, ps_y_abc`` are
 sampled within ``Priors.ps_offset`` of the positions measured on the image. The emulator's
 ``theta_E``, ``q_mass`` and the position angle ``phi`` (shared by mass and light) are
 deterministic sites. With these coordinates the posterior is close to Gaussian (whitened Hessian
@@ -65,7 +71,7 @@ can have several solutions; Newton's method follows the one connected to ``solve
 truth for mock systems, as the fit starts there; a round lens fitted to the measured positions by
 default, :func:`default_solver_start`).
 
-Kinematics mode (model version 4) samples ``log_theta_E = log(theta_E / 1″)`` (emulator
+Kinematics mode (model versions >= 4) samples ``log_theta_E = log(theta_E / 1″)`` (emulator
 convention), ``gamma``, ``q_mass``, ``phi``, the centre, ``q_light``, ``r_sersic_ratio``,
 ``n_sersic``, ``beta_z``, ``inclination_deg`` and ``log_ratio_theta_E = log(D_dt / D_d x theta_E /
 1″)``, with ``theta_E``, ``log_ratio = log(D_dt / D_d)`` and ``ratio_D_dt_D_d = D_dt / D_d``
@@ -78,8 +84,7 @@ combination (twice the log of the v_rms normalisation, up to a constant): sample
 log_ratio)`` the posterior was a curved ridge (mock system 0, Laplace correlation -0.98 at the MAP;
 warm-up unfinished after 13 min), sampled as ``(log D_dt, log D_d)`` a ridge along the whole
 distance box (system 9, version 3: 645 s of warm-up, 79k evaluations, 15 divergences). The prior is
-the same as in the other modes: uniform in Herculens's ``(theta_E_epl, e1, e2)`` (the factor ``log
-|det ∂(theta_E_epl, e1, e2)/∂(theta_E, q_mass, phi)|``, :func:`log_epl_jacobian`) and uniform
+the same as in the other modes: uniform in ``(theta_E, q_mass, phi)`` and uniform
 ``(D_dt, D_d)`` in their boxes, whose marginal for ``log_ratio`` is :func:`log_ratio_prior`;
 :func:`log_kinematic_scale_prior` is the density of ``(log_theta_E, log_ratio_theta_E)`` they
 imply, with the Jacobian ``|∂(theta_E, log_ratio) / ∂(log_theta_E, log_ratio_theta_E)| = theta_E``.
@@ -158,7 +163,8 @@ class Priors:
     ``theta_E``, ``q_mass``, ``gamma1``, ``gamma2``, ``src_x``, ``src_y`` are solved, not sampled:
     their boxes are the support of the prior (zero density outside); ``ps_offset`` is the box of
     the sampled image coordinates around their measured positions (a coordinate range for the
-    sampler, not a prior: the prior is uniform in the lens parameters).
+    sampler, not a prior: the prior is uniform in ``theta_E, q_mass, phi`` and the other lens
+    parameters).
     """
 
     theta_E: tuple[float, float] = PARAM_BOX["theta_E"]
@@ -244,12 +250,13 @@ DEFAULT_PRIORS = Priors()
 DEFAULT_IMAGING = ImagingSettings()
 
 
-MODEL_VERSION = 4
+MODEL_VERSION = 5
 """Version of the model, part of every fit's fingerprint (2: log distances; 3: the model's own
 numerics, :data:`MODEL_QUAD_NODES` and :data:`MODEL_SUPERSAMPLING`, distance boxes fiducial x
 [0.3, 3]; 4: kinematics mode samples ``log_theta_E`` and ``log_ratio_theta_E = log(D_dt / D_d x
 theta_E)`` instead of ``theta_E`` and the two distances, with the same prior,
-:func:`log_kinematic_scale_prior`)."""
+:func:`log_kinematic_scale_prior`; 5: the prior is uniform in the emulator's ``(theta_E, q_mass,
+phi)`` in every mode, and the image-position Jacobian has the right sign)."""
 
 MODEL_QUAD_NODES = 16
 """Gauss-Legendre nodes of the model's cored power law (the mocks use ``ImagingSettings``'s 24).
@@ -690,8 +697,8 @@ def epl_from_mass(theta_E, gamma, q_mass, phi) -> dict:
 def log_epl_jacobian(theta_E, gamma, q_mass, phi) -> Array:
     """``log |det ∂(theta_E_epl, e1, e2) / ∂(theta_E, q_mass, phi)|`` at fixed ``gamma``.
 
-    Added in kinematics mode, where ``(theta_E, q_mass, phi)`` are sampled, so that the prior is
-    uniform in Herculens's ``(theta_E_epl, e1, e2)`` as in the other modes.
+    Subtracted in lensing and joint modes, where the EPL parameters are solved from the image
+    positions, so that the prior is uniform in ``(theta_E, q_mass, phi)``.
     """
 
     def f(u):
@@ -1102,8 +1109,7 @@ def log_kinematic_scale_prior(
 ):
     """Log density of ``(log_theta_E, log_ratio_theta_E)`` (kinematics mode's coordinates).
 
-    The prior of the other modes, ``theta_E ~ U[a_θ, b_θ]`` (before the EPL factor
-    :func:`log_epl_jacobian`, which the model adds separately) and ``(D_dt, D_d)`` uniform in
+    The prior of the other modes, ``theta_E ~ U[a_θ, b_θ]`` and ``(D_dt, D_d)`` uniform in
     their boxes, independent, gives ``theta_E`` and ``s = log(D_dt / D_d)`` the density
     ``p_s(s) / (b_θ - a_θ)`` (:func:`log_ratio_prior`). With ``u = log theta_E`` and
     ``w = s + u``, ``(theta_E, s) = (e^u, w - u)`` has
@@ -1158,11 +1164,6 @@ def model(data: SystemData, setup: ModelSetup) -> None:
         v["theta_E"] = numpyro.deterministic("theta_E", jnp.exp(log_theta_E))
         for name in ("gamma", "q_mass", "phi", "center_x", "center_y"):
             v[name] = _uniform(name, getattr(pr, name))
-        # prior uniform in Herculens's (theta_E_epl, e1, e2), as in the other modes
-        numpyro.factor(
-            "epl_prior_jacobian",
-            log_epl_jacobian(v["theta_E"], v["gamma"], v["q_mass"], v["phi"]),
-        )
     else:
         for name in ("gamma", "center_x", "center_y"):
             v[name] = _uniform(name, getattr(pr, name))
@@ -1218,11 +1219,14 @@ def model(data: SystemData, setup: ModelSetup) -> None:
         for name in SOLVED + ("theta_E", "q_mass", "phi", "ps_y"):
             numpyro.deterministic(name, derived[name])
         numpyro.deterministic("lens_eq_residual", residual)
-        # prior: uniform in the lens parameters inside their boxes (zero outside)
+        # prior: uniform in (theta_E, q_mass, phi, gamma1, gamma2, src_x, src_y) inside their
+        # boxes (zero outside). The sampled image positions carry the density
+        # |∂(lens)/∂(images)| = |∂(lens)/∂(EPL)| |∂(EPL)/∂(images)|, at fixed gamma and centre
         inside = _inside(v["theta_E"], pr.theta_E) & _inside(v["q_mass"], pr.q_mass)
         for name in ("gamma1", "gamma2", "src_x", "src_y"):
             inside = inside & _inside(v[name], getattr(pr, name))
-        numpyro.factor("lens_prior", jnp.where(inside, -log_jac, -jnp.inf))
+        log_prior = log_jac - log_epl_jacobian(v["theta_E"], v["gamma"], v["q_mass"], v["phi"])
+        numpyro.factor("lens_prior", jnp.where(inside, log_prior, -jnp.inf))
         # χ²_img
         image_model = imaging.model_image(lens)
         img = data.imaging

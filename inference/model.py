@@ -884,7 +884,7 @@ def solve_lens(setup: ModelSetup, values: dict) -> tuple[dict, Array, Array]:
         ``(solved, residual, log_jacobian)``: the solved values (dict, ``ps_y`` of all four
         images included), the largest remaining ``|β(θ_i) - β_s|`` (arcsec) and
         ``log |det ∂(theta_E_epl, e1, e2, gamma1, gamma2, src_x, src_y)/∂(ps_x, ps_y[:3])|``,
-        the change-of-variables term that makes the prior uniform in the lens parameters.
+        the change-of-variables term to the solved (EPL) lens parameters.
     """
     imaging = setup.imaging
     fixed = {k: values[k] for k in ("gamma", "center_x", "center_y")}

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The issue-6 mock-system study (resumable: complete fits are loaded, interrupted ones resume from
-# their saved phase). Session 3 ran it with model v3 and the pca64 emulator; it now uses the
-# default pca64s and model v4. On 2 CPU cores: ~6 min per joint fit, ~6 min per lensing fit
-# (session 3), ~30 min per kinematics fit (session 5, both chains on one core).
+# their saved phase). Default emulator pca64s, model version 5. The fits are kept in git under
+# docs/benchmarks/study/K/MODE, so that the study carries over from one session to the next.
+# On 2 CPU cores (session 6): 11-27 min per joint fit; ~10 min per lensing fit; ~30 min per
+# kinematics fit (session 5).
 # Usage: bash benchmarks/run_inference_study.sh [OUT]
 set -u
-OUT=${1:-runs/study}
+OUT=${1:-docs/benchmarks/study}
 S="0 1 2 3 4 5 6 7 8 9"
 fit() {  # mode warmup samples systems...
   local mode=$1 warm=$2 samp=$3; shift 3

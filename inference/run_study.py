@@ -3,7 +3,7 @@
 ::
 
     python -m skinn_jax.inference.run_study --systems 0 1 2 3 4 5 6 7 8 9 \\
-        [--modes joint lensing kinematics] [--out runs/study] [--checkpoint PATH] \\
+        [--modes joint lensing kinematics] [--out docs/benchmarks/study] [--checkpoint PATH] \\
         [--warmup N --samples N --chains N] [--reweight-systems 0 --reweight-draws 200] \\
         [--figures docs/figures]
 
@@ -91,19 +91,26 @@ def summary_row(per_mode: dict, name: str) -> dict | None:
     return {k: (bool(row[k]) if k.startswith("in") else float(row[k])) for k in keys}
 
 
+def study_setup(system, data, mode: str, emulator):
+    """The model set-up of one study fit: ``system``'s data in ``mode``, the lens solver started
+    from the mock's truth, the emulator everywhere but in lensing mode."""
+    from .model import build_setup, solver_start_from_truth
+
+    return build_setup(
+        data,
+        mode,
+        emulator=emulator if mode != "lensing" else None,
+        solver_start=solver_start_from_truth(system),
+    )
+
+
 def run_fits(args) -> dict:
     """Fit every system in every mode (or load complete fits). Returns ``{k: {mode: result}}``."""
     import jax
 
     from .fit import default_settings, fit, load_result
     from .mock_system import make_mock_system, plot_mock_system
-    from .model import (
-        SystemData,
-        build_setup,
-        load_emulator,
-        solver_start_from_truth,
-        truth_values,
-    )
+    from .model import SystemData, load_emulator, truth_values
 
     emulator = load_emulator(args.checkpoint) if set(args.modes) - {"lensing"} else None
     results: dict = {}
@@ -123,12 +130,7 @@ def run_fits(args) -> dict:
             if args.samples is not None:
                 changes["num_samples"] = args.samples
             settings = dataclasses.replace(settings, **changes)
-            setup = build_setup(
-                data,
-                mode,
-                emulator=emulator if mode != "lensing" else None,
-                solver_start=solver_start_from_truth(system),
-            )
+            setup = study_setup(system, data, mode, emulator)
             truths = truth_values(system, mode)
             t0 = time.perf_counter()
             if args.report_only:
@@ -451,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--systems", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--out", type=Path, default=Path("runs/study"))
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/study"))
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--params-source", default="auto", choices=["auto", "test", "box"])
     parser.add_argument("--test-set", type=Path, default=Path("data/test"))

@@ -1,0 +1,113 @@
+"""Cost of one potential-and-gradient evaluation of the inference model, and of its parts.
+
+For mock system ``k`` (``skinn_jax.inference.mock_system``; box parameters if there is no test
+set) and each mode, the median time of ``value_and_grad`` of NumPyro's potential (what one NUTS
+leapfrog step costs), float64 as in the fits, after compilation; then, in joint mode, the value
+and gradient of each part alone with respect to the same inputs:
+
+* ``solve_lens``: the Newton solve of the lens equations and its log-Jacobian;
+* ``imaging``: χ² of the Herculens image (lens solved once, outside the timing);
+* ``time delays``: χ² of the delays;
+* ``kinematics``: the emulator's kinematic log-likelihood.
+
+Run: ``python benchmarks/profile_model_eval.py [--system 1] [--repeats 30] [--modes joint ...]``
+(pin to one core with ``taskset -c 0`` to time what one chain of a parallel fit gets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)
+
+from skinn_jax.inference.fit import make_potential  # noqa: E402
+from skinn_jax.inference.mock_system import make_mock_system  # noqa: E402
+from skinn_jax.inference.model import (  # noqa: E402
+    SystemData,
+    emulator_params,
+    load_emulator,
+    sky_params,
+    solve_lens,
+    solved_lens_params,
+    truth_values,
+)
+from skinn_jax.inference.run_study import study_setup  # noqa: E402
+
+
+def median_time_ms(fn, args, repeats: int) -> float:
+    """Median wall time (ms) of ``fn(*args)`` after one compiling call."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--system", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--modes", nargs="+", default=["joint", "lensing", "kinematics"])
+    parser.add_argument("--checkpoint", default="pca64s")
+    args = parser.parse_args(argv)
+
+    system = make_mock_system(args.system)
+    data = SystemData.from_mock(system)
+    emulator = load_emulator(args.checkpoint)
+    print(f"system {args.system} ({system.params_source}), {jax.devices()[0].platform}")
+    for mode in args.modes:
+        setup = study_setup(system, data, mode, emulator)
+        truths = truth_values(system, mode)
+        pot = make_potential(data, setup, truths)
+        z = jnp.asarray(pot.z0)
+        t = median_time_ms(pot.value_and_grad, (z,), args.repeats)
+        print(f"{mode:>10}: potential + gradient {t:7.1f} ms ({z.size} parameters)")
+        if mode != "joint":
+            continue
+        values = {k: jnp.asarray(v) for k, v in truths.items()}
+        grad_keys = [k for k in ("gamma", "center_x", "center_y", "ps_x", "ps_y_abc")]
+
+        def lens_part(sub, values=values, setup=setup):
+            solved, residual, log_jac = solve_lens(setup, {**values, **sub})
+            return log_jac + residual
+
+        sub = {k: values[k] for k in grad_keys}
+        f = jax.jit(jax.value_and_grad(lens_part))
+        print(f"{'':>10}  solve_lens      {median_time_ms(f, (sub,), args.repeats):7.1f} ms")
+
+        lens, derived, _, _ = solved_lens_params(setup, values)
+        img = data.imaging
+
+        def imaging_part(lens, setup=setup, img=img):
+            model = setup.imaging.model_image(lens)
+            return jnp.sum(((jnp.asarray(img.image) - model) / jnp.asarray(img.noise_map)) ** 2)
+
+        f = jax.jit(jax.value_and_grad(imaging_part))
+        print(f"{'':>10}  imaging         {median_time_ms(f, (lens,), args.repeats):7.1f} ms")
+
+        def delay_part(lens, d_dt, setup=setup, td=data.time_delays):
+            d = setup.imaging.time_delays(lens, d_dt)
+            return jnp.sum(((d - jnp.asarray(td.delays)) / jnp.asarray(td.sigma)) ** 2)
+
+        f = jax.jit(jax.value_and_grad(delay_part, argnums=(0, 1)))
+        d_dt = jnp.asarray(float(truths["D_dt"]) if "D_dt" in truths else 3000.0)
+        print(f"{'':>10}  time delays     {median_time_ms(f, (lens, d_dt), args.repeats):7.1f} ms")
+
+        full = {**values, **derived}
+        full.setdefault("D_dt", d_dt)
+        full.setdefault("D_d", jnp.asarray(float(truths.get("D_d", 1000.0))))
+        em, sky = emulator_params(full), sky_params(full)
+        f = jax.jit(jax.value_and_grad(setup.kinematics, argnums=(0, 1)))
+        print(f"{'':>10}  kinematics      {median_time_ms(f, (em, sky), args.repeats):7.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1004,6 +1004,17 @@ def plot_corner(samples: dict, truths: dict | None, mode: str, path: Path, title
         fig.suptitle(title, fontsize=11)
     fig.savefig(path, dpi=80)
     plt.close(fig)
+    _quantize_png(path)
+
+
+def _quantize_png(path: Path, colors: int = 64) -> None:
+    """Rewrite a PNG with a ``colors``-entry palette: a corner plot of ~30 parameters drops from
+    ~1.5 MB to ~0.5 MB (the study keeps every fit's plot in git), with no visible change."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(colors=colors)
+    small.save(path, format="PNG", optimize=True)
 
 
 def plot_fit(data: SystemData, setup: ModelSetup, values: dict, path: Path, title: str = ""):

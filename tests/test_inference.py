@@ -146,6 +146,22 @@ def test_lens_solver_recovers_the_true_lens_from_the_true_images(system, data, q
     assert float(residual) < 1e-10 and np.isfinite(float(log_jac))
 
 
+def test_model_image_at_the_truth_is_the_mocks_noiseless_image(system, data):
+    """The fit's imaging model (its coarser quadrature included) at the true parameters gives the
+    mock's noiseless image to far below the noise, so a lensing-only offset from the truth comes
+    from the noise, not from a mismatch; the data's χ² at the truth is then that of pure noise."""
+    from skinn_jax.inference.model import predict
+
+    setup = _setup(data, "lensing", solver_start=solver_start_from_truth(system))
+    truth = truth_values(system, "lensing")
+    pred = predict(data, setup, {k: truth[k] for k in site_names("lensing")})
+    noise = data.imaging.noise_map
+    chi2_noiseless = float(np.sum(((system.image_true - pred.image) / noise) ** 2))
+    n_pix = noise.size
+    assert chi2_noiseless < 1e-2, chi2_noiseless
+    assert abs(pred.chi2["imaging"] - n_pix) < 5 * np.sqrt(2 * n_pix), pred.chi2["imaging"]
+
+
 def test_lensing_prior_is_uniform_in_the_emulator_mass_shear_and_source(system, data):
     """The lens-prior factor (a density over the sampled image positions) equals
     log |det ∂(theta_E, q_mass, phi, gamma1, gamma2, src_x, src_y) / ∂(ps_x, ps_y_abc)|, computed

@@ -29,7 +29,10 @@ a complete fit is loaded rather than redone, so the study can be stopped and res
   shift (weighted mean - mean) / sd;
 - **timings**: per system and mode, wall time, likelihood evaluations and time per evaluation.
 
-Everything is written to ``OUT/study.json`` and ``OUT/study.md``.
+A fitting run only makes (or resumes) the fits. The report is made by ``--report-only``, over every
+fit complete in ``OUT``, and written to ``OUT/study.json``, ``OUT/study.md`` and (with
+``--figures``) Fig. 9; so a run over a few systems never overwrites the study's report with a
+partial one.
 """
 
 from __future__ import annotations
@@ -479,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results = run_fits(args)
+    if not args.report_only:
+        print(f"fits complete in {args.out}; report with --report-only")
+        return 0
     coverage = coverage_table(results, args.modes)
     reweight_systems = (
         args.reweight_systems if args.reweight_systems is not None else args.systems[:1]

@@ -22,10 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .params import PARAM_NAMES, PARAM_UNITS
-
-EXAMPLE_PARAMS = (1.2, 2.0, 0.8, 0.75, 0.9, 3.5, 0.1, 70.0)
-"""An ordinary lens (theta_E, gamma, q_mass, q_light, r_sersic, n_sersic, beta_z, inc_deg)."""
+from .params import PARAM_NAMES, PARAM_UNITS, TYPICAL_PARAMS
 
 
 def _add_generate(sub) -> None:
@@ -71,7 +68,7 @@ def _add_jam_map(sub) -> None:
         "--params",
         type=float,
         nargs=8,
-        default=EXAMPLE_PARAMS,
+        default=TYPICAL_PARAMS,
         metavar=tuple(n.upper() for n in PARAM_NAMES),
         help="the eight parameters in order "
         + ", ".join(
@@ -253,10 +250,19 @@ def _add_fit_mock(sub) -> None:
         "fit-mock",
         help="build a mock lens system and fit it (MAP + NUTS); writes summary, corner, figures",
     )
-    p.add_argument("--system", type=int, default=0, help="mock system number K (default 0)")
+    p.add_argument(
+        "--system",
+        type=int,
+        default=None,
+        help="study mock system K (default: the built-in system, a typical lens independent of "
+        "any data set; see skinn_jax.inference.mock_system.BUILTIN_PARAMS)",
+    )
     p.add_argument("--mode", default="joint", choices=["joint", "lensing", "kinematics"])
     p.add_argument(
-        "--out", type=Path, default=None, help="output directory (default runs/fit-mock/K-MODE)"
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default runs/fit-mock/builtin-MODE or runs/fit-mock/K-MODE)",
     )
     p.add_argument(
         "--checkpoint",
@@ -267,7 +273,8 @@ def _add_fit_mock(sub) -> None:
         "--params-source",
         default="auto",
         choices=["auto", "test", "box"],
-        help="emulator parameters from the test set (data/test) or a seeded draw in the box",
+        help="with --system K: emulator parameters from the test set (data/test) or a seeded "
+        "draw in the box (auto: the test set if present)",
     )
     p.add_argument("--test-set", type=Path, default=Path("data/test"))
     p.add_argument("--warmup", type=int, default=None, help="NUTS warm-up iterations per chain")
@@ -305,7 +312,10 @@ def _run_fit_mock(args) -> int:
     )
 
     t0 = time.perf_counter()
-    out = args.out or Path("runs") / "fit-mock" / f"{args.system}-{args.mode}"
+    builtin = args.system is None
+    k, params_source = (0, "builtin") if builtin else (args.system, args.params_source)
+    label = "builtin" if builtin else str(k)
+    out = args.out or Path("runs") / "fit-mock" / f"{label}-{args.mode}"
     out.mkdir(parents=True, exist_ok=True)
     settings = default_settings(args.mode)
     changes = {"num_chains": args.chains, "seed": args.seed, "progress_bar": not args.no_progress}
@@ -318,14 +328,14 @@ def _run_fit_mock(args) -> int:
             changes[name] = value
     settings = dataclasses.replace(settings, **changes)
     print(
-        f"skinn-jax fit-mock: system {args.system}, mode {args.mode}, out {out}; "
+        f"skinn-jax fit-mock: system {label}, mode {args.mode}, out {out}; "
         f"{settings.num_chains} chains x ({settings.num_warmup} warm-up + {settings.num_samples} "
         f"draws), dense mass matrix "
         f"({'adapted' if settings.adapt_mass_matrix else 'Laplace'}), "
         f"{jax.local_device_count()} host devices, float64",
         flush=True,
     )
-    system = make_mock_system(args.system, params_source=args.params_source, test_set=args.test_set)
+    system = make_mock_system(k, params_source=params_source, test_set=args.test_set)
     print(describe(system), flush=True)
     plot_mock_system(system, out / "mock.png")
     data = SystemData.from_mock(system)
@@ -340,8 +350,8 @@ def _run_fit_mock(args) -> int:
     )
     truths = truth_values(system, args.mode)
     meta = {
-        "label": f"mock system {args.system}",
-        "system": args.system,
+        "label": "built-in mock system" if builtin else f"mock system {k}",
+        "system": label,
         "test_index": system.test_index,
         "params_source": system.params_source,
         "checkpoint": checkpoint_label,

@@ -58,6 +58,11 @@ PARAM_BOX: dict[str, tuple[float, float]] = {
 PARAM_LOW = np.array([PARAM_BOX[n][0] for n in PARAM_NAMES])
 PARAM_HIGH = np.array([PARAM_BOX[n][1] for n in PARAM_NAMES])
 
+TYPICAL_PARAMS: tuple[float, ...] = (1.2, 2.0, 0.8, 0.75, 0.9, 3.5, 0.1, 70.0)
+"""An ordinary lens, in ``PARAM_NAMES`` order: isothermal, mildly flattened, every parameter at
+least 20 % of its box width from the box faces (``skinn-jax jam-map``'s default and the built-in
+system of ``skinn-jax fit-mock``)."""
+
 
 class EmulatorParams(NamedTuple):
     """The eight emulator parameters as a typed container (a JAX pytree of scalars or arrays).

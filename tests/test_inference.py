@@ -17,7 +17,13 @@ from herculens.MassModel.Profiles.epl import EPL
 from skinn_jax.inference import fit as fit_mod
 from skinn_jax.inference.lensing import CoredPowerLaw, ImagingSettings
 from skinn_jax.inference.mock_kinematics import MockSettings, field_for_forward_model
-from skinn_jax.inference.mock_system import MockSystemSettings, make_mock_system, plot_mock_system
+from skinn_jax.inference.mock_system import (
+    BUILTIN_PARAMS,
+    MockSystemSettings,
+    make_mock_system,
+    plot_mock_system,
+    system_params,
+)
 from skinn_jax.inference.model import (
     LOG_THETA_E_SITE,
     MODEL_QUAD_NODES,
@@ -108,6 +114,18 @@ def test_mock_system_is_a_seeded_quad_with_paper_noise(system, tmp_path):
     np.testing.assert_array_equal(system.kinematics.params, PARAMS)
     plot_mock_system(system, tmp_path / "mock.png")
     assert (tmp_path / "mock.png").stat().st_size > 10_000
+
+
+def test_builtin_system_ignores_the_test_set_and_the_box_draw(tmp_path):
+    """``fit-mock``'s built-in lens is the same whatever the data set or the system number."""
+    for k in (0, 4):
+        params, test_index, source, _ = system_params(k, "builtin", test_set=tmp_path)
+        np.testing.assert_array_equal(params, BUILTIN_PARAMS)
+        assert test_index is None and source == "builtin"
+    box, *_ = system_params(0, "box")
+    assert not np.allclose(box, BUILTIN_PARAMS)
+    with pytest.raises(ValueError, match="'builtin'"):
+        system_params(0, "typical")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,7 +3,10 @@ import pytest
 
 from skinn_jax.params import (
     INCLINATION_MIN_DEG,
+    PARAM_BOX,
     PARAM_NAMES,
+    R_SERSIC_RATIO_BOX,
+    TYPICAL_PARAMS,
     EmulatorParams,
     normalise_params,
     sample_params,
@@ -80,3 +83,14 @@ def test_named_container_round_trip_and_normalisation():
         ]
     )
     np.testing.assert_allclose(normalise_params(corners), [[-1] * 8, [1] * 8], atol=1e-12)
+
+
+def test_typical_params_keep_a_fifth_of_every_box_width_from_the_faces():
+    p = validate_params(np.array(TYPICAL_PARAMS))
+    values = dict(zip(PARAM_NAMES, p, strict=True))
+    values["r_sersic"] = values["r_sersic"] / values["theta_E"]  # the binding constraint
+    boxes = dict(PARAM_BOX, r_sersic=R_SERSIC_RATIO_BOX)
+    for name, value in values.items():
+        low, high = boxes[name]
+        margin = min(value - low, high - value) / (high - low)
+        assert margin >= 0.2, (name, value, boxes[name])

@@ -423,6 +423,7 @@ class EmulatorField:
         coords = np.arange(-self._n_inner, self._n_inner + 1) * inner_step
         self._inner_shape = (coords.size, coords.size)
         inner_x, inner_y = np.meshgrid(coords, coords)
+        self._inner_xy = (inner_x, inner_y)
         with jax.ensure_compile_time_eval():
             emu.grid_features()  # cache eagerly (a first call inside a trace would cache a tracer)
             self._inner_features = np.asarray(
@@ -441,7 +442,8 @@ class EmulatorField:
         """The fine central table of ``vrms_at`` (interpolation dtype), and its origin."""
         p = jnp.asarray(params).astype(jnp.float32)
         u = jnp.asarray(self._inner_features) @ self.emu.style(p)
-        table = self.emu.velocity_from_output(p, u).astype(self.interp_dtype)
+        radius = np.hypot(*self._inner_xy)
+        table = self.emu.velocity_from_output(p, u, radius).astype(self.interp_dtype)
         return table, -self._n_inner * self.inner_step
 
     def _combine(self, params, x, y):

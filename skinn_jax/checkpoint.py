@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from .networks import NetworkConfig, make_network
-from .params import PARAM_BOX, PARAM_NAMES
+from .params import PAPER_SPACE, ParamSpace, space_named
 
 FORMAT_VERSION = 1
 METADATA = "metadata.json"
@@ -48,11 +48,22 @@ def weights_sha256(variables) -> str:
     return h.hexdigest()
 
 
-def training_box() -> dict[str, list[float]]:
-    return {k: [float(v[0]), float(v[1])] for k, v in PARAM_BOX.items()}
+def training_box(space: ParamSpace = PAPER_SPACE) -> dict[str, list[float]]:
+    """The box of ``space`` as checkpoints record it (``name -> [low, high]``)."""
+    box = {k: [float(v[0]), float(v[1])] for k, v in space.box.items()}
+    if space is not PAPER_SPACE:  # the paper's metadata predates these two entries
+        box["r_sersic_over_theta_E"] = [float(v) for v in space.r_sersic_ratio]
+        box["inclination_margin_deg"] = [float(space.inclination_margin_deg)]
+    return box
 
 
-def save_checkpoint(path: str | Path, config: NetworkConfig, variables, info: dict) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    config: NetworkConfig,
+    variables,
+    info: dict,
+    space: ParamSpace = PAPER_SPACE,
+) -> Path:
     """Write ``variables`` and metadata to directory ``path`` (replaced atomically).
 
     Args:
@@ -60,6 +71,7 @@ def save_checkpoint(path: str | Path, config: NetworkConfig, variables, info: di
         config: the network's architecture.
         variables: Flax variables (``{"params": ..., ["constants": ...]}``), float32 arrays.
         info: extra metadata (data sets, metrics, training time ...), JSON-serialisable.
+        space: the parameter space the network was trained on.
     """
     import orbax.checkpoint as ocp
 
@@ -79,8 +91,9 @@ def save_checkpoint(path: str | Path, config: NetworkConfig, variables, info: di
         "skinn_jax_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "network": config.to_dict(),
-        "param_names": list(PARAM_NAMES),
-        "training_box": training_box(),
+        "param_space": space.name,
+        "param_names": list(space.names),
+        "training_box": training_box(space),
         "weights_sha256": weights_sha256(variables),
         **info,
     }
@@ -105,17 +118,26 @@ def read_metadata(path: str | Path) -> dict:
             f"{path} has checkpoint format {metadata.get('format_version')}, this skinn_jax "
             f"reads format {FORMAT_VERSION}"
         )
-    if metadata.get("param_names") != list(PARAM_NAMES):
+    try:
+        space = space_named(metadata.get("param_space"))
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+    if metadata.get("param_names") != list(space.names):
         raise CheckpointError(
             f"{path} was trained on parameters {metadata.get('param_names')}, "
-            f"expected {list(PARAM_NAMES)}"
+            f"expected {list(space.names)} (parameter space {space.name!r})"
         )
-    if metadata.get("training_box") != training_box():
+    if metadata.get("training_box") != training_box(space):
         raise CheckpointError(
             f"{path} was trained on the box {metadata.get('training_box')}, which is not this "
-            f"library's {training_box()}"
+            f"library's {training_box(space)} (parameter space {space.name!r})"
         )
     return metadata
+
+
+def checkpoint_space(metadata: dict) -> ParamSpace:
+    """The parameter space a checkpoint's metadata names (the paper space if none)."""
+    return space_named(metadata.get("param_space"))
 
 
 def load_checkpoint(path: str | Path) -> tuple[NetworkConfig, dict, dict]:
@@ -133,7 +155,7 @@ def load_checkpoint(path: str | Path) -> tuple[NetworkConfig, dict, dict]:
     abstract = jax.eval_shape(
         lambda: net.init(
             jax.random.PRNGKey(0),
-            np.zeros((1, 8), np.float32),
+            np.zeros((1, checkpoint_space(metadata).n_params), np.float32),
             np.zeros(1, np.float32),
             np.zeros(1, np.float32),
         )

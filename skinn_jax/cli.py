@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .params import PARAM_NAMES, PARAM_UNITS, TYPICAL_PARAMS
+from .params import PARAM_NAMES, PARAM_UNITS, TYPICAL_PARAMS, space_named
 
 
 def _add_generate(sub) -> None:
@@ -35,6 +35,12 @@ def _add_generate(sub) -> None:
     p.add_argument("--scheduler", default=None, help="dask.distributed scheduler address")
     p.add_argument("--n-radii", type=int, default=None, help="JAM polar grid: radii")
     p.add_argument("--n-angles", type=int, default=None, help="JAM polar grid: angles")
+    p.add_argument(
+        "--space",
+        choices=("paper", "real-lens"),
+        default="paper",
+        help="parameter space: the paper's box (8 parameters) or the real-lens box (9, r_core)",
+    )
 
 
 def _run_generate(args) -> int:
@@ -53,6 +59,7 @@ def _run_generate(args) -> int:
         shard_size=args.shard_size,
         settings=settings,
         scheduler=args.scheduler,
+        space=space_named(args.space),
     )
     m = ds.manifest
     print(
@@ -171,6 +178,12 @@ def _add_baseline(sub) -> None:
         default=0,
         help="factorise the exported basis to this rank (0: dense; see factorise-basis)",
     )
+    p.add_argument(
+        "--cusp-weight",
+        action="store_true",
+        help="emulate the cusp-weighted second moment (bounded at a singular centre); the "
+        "real-lens emulators use it",
+    )
     p.add_argument("--export", default="checkpoints/pca")
 
 
@@ -213,6 +226,7 @@ def _run_baseline(args) -> int:
         signed=not args.clipped,
         negative_scale=args.negative_scale,
         basis_rank=args.basis_rank,
+        cusp_weight=args.cusp_weight,
         export=args.export,
     )
     print(json.dumps(train_baseline(cfg), indent=1))
@@ -374,8 +388,11 @@ def _run_fit_mock(args) -> int:
 
 
 def _run_mge_table(args) -> int:
-    from skinn_jax.training.mge import save_table
+    from skinn_jax.training.mge import save_table, save_wide_table
 
+    if args.space == "real-lens":
+        print(f"wrote {save_wide_table()}")
+        return 0
     print(f"wrote {save_table()}")
     return 0
 
@@ -385,7 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_jam_map(sub)
     _add_generate(sub)
-    sub.add_parser("mge-table", help="rebuild training/mge_table.npz (a few minutes)")
+    p = sub.add_parser(
+        "mge-table",
+        help="rebuild training/mge_table.npz, or mge_table_wide.npz with --space real-lens",
+    )
+    p.add_argument("--space", choices=("paper", "real-lens"), default="paper")
     _add_train(sub)
     _add_baseline(sub)
     _add_factorise(sub)

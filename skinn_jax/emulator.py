@@ -3,8 +3,8 @@
 ::
 
     emu = skinn_jax.Emulator.load()          # default checkpoint shipped in the package
-    emu.param_names                          # the eight names, in order
-    emu.vrms_map(p)                          # (8,) or (B, 8) -> (551, 551) or (B, 551, 551), km/s
+    emu.param_names                          # the P input names, in order (P = 8 or 9)
+    emu.vrms_map(p)                          # (P,) or (B, P) -> (551, 551) or (B, 551, 551), km/s
     emu.vrms_at(p, x, y)                     # galaxy-frame arcsec, any shape -> same shape, km/s
 
 Everything works under ``jax.jit``, ``jax.vmap`` and ``jax.grad``. Called eagerly (with concrete
@@ -21,12 +21,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .checkpoint import load_checkpoint
+from .checkpoint import checkpoint_space, load_checkpoint
 from .grid import HALF_WIDTH_ARCSEC, QUADRANT_SIZE, mirror_index, quadrant_coordinates
-from .networks import NetworkConfig, dense_pca, make_network, relative_velocity, velocity_scale
-from .params import PARAM_NAMES, normalise_params, validate_params
+from .networks import (
+    NetworkConfig,
+    cusp_weight,
+    dense_pca,
+    make_network,
+    relative_velocity,
+    velocity_scale,
+)
+from .params import ParamSpace
 
 _MIRROR_INDEX = mirror_index()
+_QUADRANT_RADIUS = np.hypot(*quadrant_coordinates())
 DEFAULT_FILE = "DEFAULT"
 """A text file in the checkpoint directory naming the default checkpoint (e.g. ``cips``)."""
 FIELD_TOLERANCE_ARCSEC = 1e-6
@@ -84,6 +92,7 @@ class Emulator:
         self.config = config
         self.variables = jax.tree_util.tree_map(jnp.asarray, variables)
         self.metadata = metadata or {}
+        self.space: ParamSpace = checkpoint_space(self.metadata)
         self._net = make_network(config)
         self._grid_features = None
         # a factorised PCA basis gives full maps; points are looked up in its dense twin
@@ -101,7 +110,23 @@ class Emulator:
 
     @property
     def param_names(self) -> tuple[str, ...]:
-        return PARAM_NAMES
+        """The input names in order: the eight of CONVENTIONS §1, then ``r_core`` (arcsec) for a
+        real-lens emulator (§9)."""
+        return self.space.names
+
+    @property
+    def box(self) -> dict:
+        """The training box: each name of :attr:`param_names` -> ``(low, high)`` in user units,
+        ``"r_sersic_over_theta_E"`` -> ``(low, high)``, and for a real-lens emulator
+        ``"inclination_margin_deg"`` -> m of the rule
+        ``inclination_deg >= degrees(arccos(min(q_mass, q_light))) + m``."""
+        return self.space.public_box()
+
+    def in_box(self, p) -> np.ndarray:
+        """Whether each parameter vector (..., P) lies in the training box (bool, ``p.shape[:-1]``).
+
+        Raises ValueError only for a wrong shape; non-finite values are simply outside."""
+        return self.space.in_box(np.asarray(p))
 
     # -- building blocks ----------------------------------------------------------------------
 
@@ -110,18 +135,24 @@ class Emulator:
         return self._point_net.apply(self._point_variables, x, y, method="features")
 
     def style(self, p):
-        """Style vector (..., K + 1) for parameters (..., 8) in physical units."""
-        return self._net.apply(self.variables, normalise_params(p), method="style")
+        """Style vector (..., K + 1) for parameters (..., P) in physical units."""
+        return self._net.apply(self.variables, self.space.normalise(p), method="style")
 
-    def velocity_from_output(self, p, out):
+    def velocity_from_output(self, p, out, radius):
         """v_rms (km/s) from the network output ``out`` (``p.shape[:-1] + S``) for parameters
-        ``p`` (..., 8): ``v_scale(p) * relative_velocity(out)`` (see ``NetworkConfig.target``)."""
-        scale = velocity_scale(p).reshape(p.shape[:-1] + (1,) * (out.ndim - p.ndim + 1))
+        ``p`` (..., P) at galaxy-frame radii ``radius`` (shape S, arcsec):
+        ``v_scale(p) * relative_velocity(out / w)`` (see ``NetworkConfig.target``), with ``w``
+        the :func:`~skinn_jax.networks.cusp_weight` when the network emulates ``w u``."""
+        extra = (1,) * (out.ndim - p.ndim + 1)
+        if self.config.cusp_weight:
+            w = cusp_weight(p, jnp.ravel(radius)).reshape(p.shape[:-1] + jnp.shape(radius))
+            out = out / w
+        scale = velocity_scale(p).reshape(p.shape[:-1] + extra)
         return scale * relative_velocity(out, self.config.target)
 
     def _check(self, p, x=None, y=None):
         if _is_concrete(p):
-            validate_params(np.asarray(p))
+            self.space.validate(np.asarray(p))
         for name, c in (("x", x), ("y", y)):
             if c is not None and _is_concrete(c):
                 c = np.asarray(c)
@@ -140,12 +171,12 @@ class Emulator:
         """v_rms (km/s) at galaxy-frame points.
 
         Args:
-            p: parameters, shape (8,) or (B, 8), order of :attr:`param_names`.
+            p: parameters, shape (P,) or (B, P), order of :attr:`param_names`.
             x: galaxy-frame x along the projected major axis, arcsec, any shape S.
             y: galaxy-frame y, arcsec, same shape S (broadcastable).
 
         Returns:
-            shape S for p of shape (8,), (B, *S) for p of shape (B, 8).
+            shape S for p of shape (P,), (B, *S) for p of shape (B, P).
         """
         self._check(p, x, y)
         p = jnp.asarray(p, jnp.result_type(float))
@@ -155,7 +186,7 @@ class Emulator:
             self._point_variables, style.reshape(-1, style.shape[-1]), x, y, method="values_at"
         )
         u = u.reshape(p.shape[:-1] + x.shape)
-        return self.velocity_from_output(p, u)
+        return self.velocity_from_output(p, u, jnp.hypot(x, y))
 
     def grid_features(self):
         """Features on the 276 x 276 quadrant grid, (276 * 276, K + 1), computed once."""
@@ -169,7 +200,7 @@ class Emulator:
         return self._grid_features
 
     def vrms_quadrant(self, p):
-        """v_rms (km/s) on the quadrant ``[:276, :276]``: (8,) -> (276, 276), (B, 8) -> (B, ...)."""
+        """v_rms (km/s) on the quadrant ``[:276, :276]``: (P,) -> (276, 276), (B, P) -> (B, ...)."""
         self._check(p)
         p = jnp.asarray(p, jnp.result_type(float))
         style = self.style(p)
@@ -178,10 +209,10 @@ class Emulator:
         else:
             u = style @ self.grid_features().T.astype(style.dtype)
             u = u.reshape(p.shape[:-1] + (QUADRANT_SIZE, QUADRANT_SIZE))
-        return self.velocity_from_output(p, u)
+        return self.velocity_from_output(p, u, _QUADRANT_RADIUS)
 
     def vrms_map(self, p):
-        """Full 551 x 551 v_rms map (km/s): (8,) -> (551, 551), (B, 8) -> (B, 551, 551)."""
+        """Full 551 x 551 v_rms map (km/s): (P,) -> (551, 551), (B, P) -> (B, 551, 551)."""
         quadrant = self.vrms_quadrant(p)
         flat = quadrant.reshape(quadrant.shape[:-2] + (QUADRANT_SIZE * QUADRANT_SIZE,))
         return jnp.take(flat, _MIRROR_INDEX, axis=-1)  # one gather instead of two flips

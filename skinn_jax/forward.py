@@ -69,7 +69,7 @@ from jax.typing import ArrayLike
 from .cosmology import vrms_distance_factor
 from .grid import HALF_WIDTH_ARCSEC, PIXEL_ARCSEC, mirror_quadrant
 from .ifu import PSF, KinematicData, SpaxelGrid, psf_kernel
-from .profiles import e1e2_from_q_phi, sersic_light, to_galaxy_frame
+from .profiles import SersicLight, e1e2_from_q_phi, sersic_light, to_galaxy_frame
 
 VrmsField = Callable[[Array, Array, Array], Array]
 """``vrms_at(params, x_gal, y_gal) -> v_rms``: params (8,), galaxy-frame arcsec (any shape), km/s
@@ -414,7 +414,19 @@ def binned_vrms_from_fields(model: ForwardModel, light: Array, vrms: Array) -> A
         v_rms per bin, km/s, shape ``(n_bins,)`` (no distance factor applied).
     """
     moment = vrms**2 if model.moment == "second" else vrms
-    convolved = convolve_valid(model, jnp.stack([light * moment, light]))
+    return binned_vrms_from_moments(model, light, light * moment)
+
+
+def binned_vrms_from_moments(model: ForwardModel, light: Array, weighted: Array) -> Array:
+    """Binned v_rms from the light ``I`` and the light-weighted moment on the padded grid.
+
+    ``weighted`` is ``I v_rms**2`` (``I v_rms`` for ``moment="first"``); for a light of several
+    components, ``sum_k I_k v_k**2`` with ``light = sum_k I_k`` (CONVENTIONS §9).
+
+    Returns:
+        v_rms per bin, km/s, shape ``(n_bins,)`` (no distance factor applied).
+    """
+    convolved = convolve_valid(model, jnp.stack([weighted, light]))
     num, den = bin_sums(model, convolved)
     ratio = num / den
     if model.moment == "first":
@@ -461,6 +473,60 @@ def predict_binned_vrms(
     vrms = field_on_points(model, vrms_at, params, x_gal, y_gal)
     factor = vrms_distance_factor(sky.D_dt, sky.D_d, z_d)
     return factor * binned_vrms_from_fields(model, light, vrms)
+
+
+def component_params(params: ArrayLike, light: SersicLight) -> Array:
+    """Emulator parameters of each light component: ``params`` with its ``q_light``,
+    ``r_sersic``, ``n_sersic`` replaced by the component's, shape ``(K, P)``."""
+    params = jnp.asarray(params)
+    fields = [jnp.atleast_1d(jnp.asarray(f, params.dtype)) for f in light]
+    k = fields[0].shape[0]
+    out = jnp.broadcast_to(params, (k,) + params.shape)
+    return out.at[:, 3].set(fields[1]).at[:, 4].set(fields[2]).at[:, 5].set(fields[3])
+
+
+def predict_binned_vrms_components(
+    model: ForwardModel,
+    vrms_at: VrmsField,
+    params: ArrayLike,
+    light: SersicLight,
+    sky: SkyParams,
+    z_d: ArrayLike,
+) -> Array:
+    """Binned v_rms for a light of several Sérsic components (jit/grad/vmap-able).
+
+    By linearity of the Jeans equations in the tracer (CONVENTIONS §9)::
+
+        v_bin² = f² Σ_bin [(Σ_k A_k I_k v_k²) ⊛ PSF] / Σ_bin [(Σ_k A_k I_k) ⊛ PSF]
+
+    with ``v_k = vrms_at(params_k, x, y)``, ``params_k`` = ``params`` with component k's
+    ``(q_light, r_sersic, n_sersic)`` (:func:`component_params`): the shared mass, anisotropy
+    and inclination. Each component must lie in the emulator's box. The light profile is the
+    exact-``b_n`` Sérsic (``light="sersic"``) and the moment the second.
+
+    Args:
+        model: the forward model (``moment="second"``, ``light="sersic"``).
+        vrms_at: the galaxy-frame field (km/s, fiducial distances).
+        params: emulator parameters, shape (P,); its own light entries are not used.
+        light: the components (amplitudes ``A_k`` at their ``r_sersic``, any common unit).
+        sky: the five sky parameters.
+        z_d: deflector redshift.
+
+    Returns:
+        v_rms per bin, km/s, shape ``(n_bins,)``.
+    """
+    if model.moment != "second" or model.light != "sersic":
+        raise ValueError(
+            "a light of several components needs moment='second' and light='sersic', got "
+            f"moment={model.moment!r}, light={model.light!r}"
+        )
+    x_gal, y_gal = galaxy_frame_points(model, sky)
+    per_component = component_params(params, light)
+    brightness = light.component_brightness(x_gal, y_gal)  # (K, ...)
+    vrms = jax.vmap(lambda p: field_on_points(model, vrms_at, p, x_gal, y_gal))(per_component)
+    weighted = jnp.sum(brightness * vrms**2, axis=0)
+    factor = vrms_distance_factor(sky.D_dt, sky.D_d, z_d)
+    return factor * binned_vrms_from_moments(model, jnp.sum(brightness, axis=0), weighted)
 
 
 def convolved_light_image(model: ForwardModel, params: ArrayLike, sky: SkyParams) -> Array:

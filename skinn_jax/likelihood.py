@@ -41,10 +41,12 @@ from .forward import (
     build_forward_model_for_data,
     check_sky_params,
     predict_binned_vrms,
+    predict_binned_vrms_components,
 )
 from .grid import HALF_WIDTH_ARCSEC
 from .ifu import KinematicData
-from .params import PARAM_NAMES
+from .params import PARAM_NAMES, space_of
+from .profiles import SersicLight
 
 __all__ = [
     "KinematicLikelihood",
@@ -84,13 +86,17 @@ def split_theta(theta: ArrayLike) -> tuple[Array, SkyParams]:
 
 
 def _check_params(params) -> None:
-    """Eager shape/finiteness check of concrete emulator parameters."""
+    """Eager shape/finiteness check of concrete emulator parameters (8 or 9 of them)."""
     if isinstance(params, jax.core.Tracer):
         return
     p = np.asarray(params, dtype=float)
-    if p.shape != (8,):
-        raise ValueError(f"params must have shape (8,) in the order {PARAM_NAMES}, got {p.shape}")
-    for name, value in zip(PARAM_NAMES, p, strict=True):
+    if p.shape not in ((8,), (9,)):
+        raise ValueError(
+            f"params must have shape (8,) (paper space) or (9,) (real-lens space, r_core last), "
+            f"got {p.shape}"
+        )
+    names = space_of(p).names
+    for name, value in zip(names, p, strict=True):
         if not np.isfinite(value):
             raise ValueError(f"parameter {name} = {value} is not finite")
 
@@ -142,20 +148,38 @@ class KinematicLikelihood:
             field_half_width=field_half_width,
         )
 
-    def predict(self, params: ArrayLike, sky: SkyParams) -> Array:
-        """Predicted v_rms per bin, km/s, shape ``(n_bins,)``."""
+    def predict(self, params: ArrayLike, sky: SkyParams, light: SersicLight | None = None) -> Array:
+        """Predicted v_rms per bin, km/s, shape ``(n_bins,)``.
+
+        Args:
+            params: emulator parameters, shape (P,).
+            sky: the five sky parameters.
+            light: a light of several Sérsic components (CONVENTIONS §9); ``None``: the single
+                Sérsic of ``params``.
+        """
         _check_params(params)
         check_sky_params(self.forward, sky)
-        return predict_binned_vrms(self.forward, self.vrms_at, params, sky, self.data.z_d)
+        if light is None:
+            return predict_binned_vrms(self.forward, self.vrms_at, params, sky, self.data.z_d)
+        if not any(isinstance(f, jax.core.Tracer) for f in light):
+            SersicLight.checked(light)
+        return predict_binned_vrms_components(
+            self.forward, self.vrms_at, params, light, sky, self.data.z_d
+        )
 
-    def residual(self, params: ArrayLike, sky: SkyParams) -> Array:
+    def residual(
+        self, params: ArrayLike, sky: SkyParams, light: SersicLight | None = None
+    ) -> Array:
         """``v_pred - v_data`` per bin, km/s."""
-        pred = self.predict(params, sky)
+        pred = self.predict(params, sky, light)
         return pred - jnp.asarray(self.data.vrms, dtype=pred.dtype)
 
-    def __call__(self, params: ArrayLike, sky: SkyParams) -> Array:
-        """log L (scalar) for the eight emulator parameters and the five sky parameters."""
-        return gaussian_log_likelihood(self.residual(params, sky), self.data.cholesky)
+    def __call__(
+        self, params: ArrayLike, sky: SkyParams, light: SersicLight | None = None
+    ) -> Array:
+        """log L (scalar) for the emulator parameters, the five sky parameters and, optionally,
+        a light of several components."""
+        return gaussian_log_likelihood(self.residual(params, sky, light), self.data.cholesky)
 
     def from_theta(self, theta: ArrayLike) -> Array:
         """log L from one 13-vector in the order of :data:`THETA_NAMES`."""

@@ -56,6 +56,34 @@ def velocity_scale(params):
     return VELOCITY_SCALE_KM_S * jnp.sqrt(params[..., 0])
 
 
+CUSP_SOFTNESS = 0.05
+"""Width in gamma of the smooth switch-on of :func:`cusp_exponent` at gamma = 2."""
+CUSP_MIN_RADIUS_ARCSEC = 1e-4
+"""Radius at which the map's centre pixel is evaluated (JAM is singular exactly at 0)."""
+
+
+def cusp_exponent(gamma):
+    """``max(gamma - 2, 0)``, smoothed over :data:`CUSP_SOFTNESS` (a softplus)."""
+    return CUSP_SOFTNESS * jnp.logaddexp(0.0, (gamma - 2.0) / CUSP_SOFTNESS)
+
+
+def cusp_weight(params, radius):
+    """``(max(R, 1e-4") / theta_E)**cusp_exponent(gamma)``: makes the central cusp bounded.
+
+    With a singular mass (``r_core = 0``) and ``gamma > 2``, ``v_rms**2 ~ R**(2 - gamma)``
+    diverges at the centre; ``w v_rms**2`` stays bounded (and goes to 0 with a core), so a
+    real-lens network emulates ``w u`` and the emulator divides by ``w``.
+
+    Args:
+        params: parameters ``(..., P)`` (uses ``theta_E`` and ``gamma``).
+        radius: galaxy-frame radius ``sqrt(x**2 + y**2)``, arcsec, broadcastable with
+            ``params.shape[:-1] + (n,)`` after the caller's reshape.
+    """
+    theta_e = params[..., 0:1]
+    exponent = cusp_exponent(params[..., 1:2])
+    return (jnp.maximum(radius, CUSP_MIN_RADIUS_ARCSEC) / theta_e) ** exponent
+
+
 def safe_sqrt_positive(u):
     """``sqrt(max(u, 0))`` with a finite (zero) gradient where ``u <= 0``."""
     positive = u > 0
@@ -118,6 +146,8 @@ class NetworkConfig:
             stores it factorised, ``basis[i, j, k] = sum_ab rows[i, a] core[a, b, k] cols[j, b]``
             (a truncated Tucker decomposition, :func:`factorise_basis`), which makes a full map
             two small matrix products instead of one product with the whole basis.
+        cusp_weight: the network emulates ``cusp_weight(p, R) * u`` (bounded at a singular
+            centre, :func:`cusp_weight`) instead of ``u``; the real-lens networks do.
     """
 
     kind: str = "cips"
@@ -132,6 +162,7 @@ class NetworkConfig:
     extra: dict = field(default_factory=dict)
     target: str = "u"
     basis_rank: int = 0
+    cusp_weight: bool = False
 
     def __post_init__(self):
         if self.target not in TARGETS:

@@ -37,6 +37,8 @@ Herculens conventions (read from ``herculens/Util/param_util.py``, ``herculens/U
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -222,6 +224,83 @@ def sersic_light(
     m2_safe = jnp.where(positive, m2, 1.0)
     u = jnp.where(positive, (m2_safe / r_sersic**2) ** (0.5 / n_sersic), 0.0)
     return amplitude * jnp.exp(-sersic_b(n_sersic) * (u - 1.0))
+
+
+class SersicLight(NamedTuple):
+    """A lens light made of K elliptical Sérsic components with a common centre and position angle.
+
+    Each field has shape ``(K,)`` (or is a scalar for K = 1); a JAX pytree, so it can be traced.
+    By linearity of the Jeans equations in the tracer, the luminosity-weighted second moment of
+    the sum is ``sum_k A_k I_k v_k**2`` over ``sum_k A_k I_k`` (CONVENTIONS §9), with ``v_k`` the
+    v_rms of component k alone in the shared potential.
+
+    Attributes:
+        amplitude: surface brightness of each component at ``m = r_sersic`` (any common unit),
+            > 0.
+        q_light: axis ratio of each component, in (0, 1].
+        r_sersic: major-axis half-light radius of each component, arcsec, > 0.
+        n_sersic: Sérsic index of each component, > 0.
+
+    Example:
+        >>> light = SersicLight(amplitude=[3.0, 1.0], q_light=[0.8, 0.7],
+        ...                     r_sersic=[0.25, 1.6], n_sersic=[1.6, 1.1])
+        >>> SersicLight.checked(light).amplitude.shape
+        (2,)
+    """
+
+    amplitude: ArrayLike
+    q_light: ArrayLike
+    r_sersic: ArrayLike
+    n_sersic: ArrayLike
+
+    @classmethod
+    def checked(cls, light: SersicLight) -> SersicLight:
+        """Validate concrete values; return the components as float64 NumPy arrays ``(K,)``.
+
+        Raises:
+            ValueError: no component, fields of different lengths, a non-finite value, a
+                non-positive amplitude, radius or index, or an axis ratio outside (0, 1].
+        """
+        if not isinstance(light, SersicLight):
+            raise ValueError(f"light must be a SersicLight, got {type(light).__name__}")
+        fields = {}
+        for name, value in light._asdict().items():
+            arr = np.atleast_1d(np.asarray(value, dtype=float))
+            if arr.ndim != 1:
+                raise ValueError(
+                    f"light.{name} must be a scalar or 1-D (K,), got shape {arr.shape}"
+                )
+            fields[name] = arr
+        sizes = {arr.size for arr in fields.values()}
+        if len(sizes) != 1:
+            shapes = {k: v.shape for k, v in fields.items()}
+            raise ValueError(f"light components disagree in number: {shapes}")
+        if sizes == {0}:
+            raise ValueError("light has no component: give at least one Sérsic component")
+        rules = {
+            "amplitude": (lambda v: v > 0, "> 0"),
+            "q_light": (lambda v: (v > 0) & (v <= 1), "in (0, 1]"),
+            "r_sersic": (lambda v: v > 0, "> 0 arcsec"),
+            "n_sersic": (lambda v: v > 0, "> 0"),
+        }
+        for name, arr in fields.items():
+            ok, rule = rules[name]
+            bad = ~np.isfinite(arr) | ~ok(np.where(np.isfinite(arr), arr, 1.0))
+            if bad.any():
+                k = int(np.argmax(bad))
+                raise ValueError(f"light.{name}[{k}] = {arr[k]:.6g} must be finite and {rule}")
+        return cls(**fields)
+
+    def surface_brightness(self, x: ArrayLike, y: ArrayLike) -> Array:
+        """Sum of the components' :func:`sersic_light` at galaxy-frame ``x, y`` (arcsec)."""
+        return jnp.sum(self.component_brightness(x, y), axis=0)
+
+    def component_brightness(self, x: ArrayLike, y: ArrayLike) -> Array:
+        """Each component's surface brightness, shape ``(K,) + broadcast(x, y).shape``."""
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        fields = [jnp.atleast_1d(jnp.asarray(f, dtype=x.dtype)) for f in self]
+        amp, q, r_s, n = (f.reshape(f.shape + (1,) * x.ndim) for f in fields)
+        return sersic_light(x[None], y[None], r_s, n, q, amp)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,23 +21,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from skinn_jax.checkpoint import load_checkpoint, save_checkpoint
+from skinn_jax.checkpoint import checkpoint_space, load_checkpoint, save_checkpoint
 from skinn_jax.emulator import Emulator
-from skinn_jax.grid import QUADRANT_SIZE
+from skinn_jax.grid import QUADRANT_SIZE, quadrant_coordinates
 from skinn_jax.networks import (
     NetworkConfig,
     compress_negative,
     count_parameters,
+    cusp_weight,
     factorise_basis,
     make_network,
     normalised_target,
     velocity_scale,
 )
-from skinn_jax.params import normalise_params
 
 from .evaluate import predict
 from .generate import DataSet
-from .train import check_signed_target, full_map_errors, load_maps, predict_quadrants
+from .train import check_signed_target, full_map_errors, load_maps
 
 
 @dataclass
@@ -58,20 +58,33 @@ class BaselineConfig:
     signed: bool = True
     negative_scale: float = 0.0
     basis_rank: int = 0
+    cusp_weight: bool = False
     export: str = "checkpoints/pca"
 
 
 def normalised_output(
-    params: np.ndarray, vrms: np.ndarray, target: str = "u", negative_scale: float = 0.0
+    params: np.ndarray,
+    vrms: np.ndarray,
+    target: str = "u",
+    negative_scale: float = 0.0,
+    cusp: bool = False,
 ) -> np.ndarray:
-    """Training target (N, P) in the network's output space for v_rms maps (N, P) in km/s.
+    """Training target (N, Q) in the network's output space for v_rms quadrants (N, Q) in km/s.
 
     With ``negative_scale > 0``, negative values (signed maps) are compressed by
-    :func:`skinn_jax.networks.compress_negative`.
+    :func:`skinn_jax.networks.compress_negative`; with ``cusp``, the target is multiplied by
+    :func:`skinn_jax.networks.cusp_weight` on the quadrant grid (bounded at a singular centre).
     """
-    scale = np.asarray(velocity_scale(params.astype(np.float64)))[:, None]
-    out = compress_negative(normalised_target(vrms / scale, target), negative_scale)
+    p64 = params.astype(np.float64)
+    scale = np.asarray(velocity_scale(p64))[:, None]
+    out = normalised_target(vrms / scale, target)
+    if cusp:
+        out = out * np.asarray(cusp_weight(p64, _QUADRANT_RADIUS))
+    out = compress_negative(out, negative_scale)
     return np.asarray(out, np.float32)
+
+
+_QUADRANT_RADIUS = np.hypot(*quadrant_coordinates()).ravel()
 
 
 def pca_basis(u: np.ndarray, k: int, seed: int = 0, power_iterations: int = 3):
@@ -95,19 +108,29 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
     check_signed_target(cfg.signed, cfg.target, "use signed=False (train-baseline --clipped)")
     t_cpu = time.process_time()
     # the fit sees the signed maps; validation compares with the clipped truth
+    space = DataSet(cfg.train_data).space
+    if DataSet(cfg.val_data).space is not space:
+        raise ValueError(
+            f"{cfg.train_data} ({space.name}) and {cfg.val_data} "
+            f"({DataSet(cfg.val_data).space.name}) are from different parameter spaces"
+        )
     params_train, vrms_train, _ = load_maps(cfg.train_data, cfg.n_train, signed=cfg.signed)
     params_val, vrms_val, _ = load_maps(cfg.val_data)
     params_val, vrms_val = params_val[: cfg.n_val], vrms_val[: cfg.n_val]
     n_pca = min(cfg.n_pca_maps, len(params_train))
     u_pca = normalised_output(
-        params_train[:n_pca], vrms_train[:n_pca], cfg.target, cfg.negative_scale
+        params_train[:n_pca], vrms_train[:n_pca], cfg.target, cfg.negative_scale, cfg.cusp_weight
     )
     mean, comps = pca_basis(u_pca, cfg.n_components, cfg.seed)
     del u_pca
     coeffs = np.empty((len(params_train), cfg.n_components), np.float32)
     for i in range(0, len(params_train), 2000):
         u = normalised_output(
-            params_train[i : i + 2000], vrms_train[i : i + 2000], cfg.target, cfg.negative_scale
+            params_train[i : i + 2000],
+            vrms_train[i : i + 2000],
+            cfg.target,
+            cfg.negative_scale,
+            cfg.cusp_weight,
         )
         coeffs[i : i + 2000] = (u - mean) @ comps
     targets = np.concatenate([np.ones((len(coeffs), 1), np.float32), coeffs], axis=1)
@@ -118,6 +141,7 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
         mapping_width=cfg.mapping_width,
         mapping_depth=cfg.mapping_depth,
         target=cfg.target,
+        cusp_weight=cfg.cusp_weight,
     )
     net = make_network(config)
     basis = (
@@ -126,7 +150,7 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
         .astype(np.float32)
     )
     variables = net.init(
-        jax.random.PRNGKey(cfg.seed), jnp.zeros((1, 8)), jnp.zeros(2), jnp.zeros(2)
+        jax.random.PRNGKey(cfg.seed), jnp.zeros((1, space.n_params)), jnp.zeros(2), jnp.zeros(2)
     )
     constants = {"constants": {"basis": jnp.asarray(basis)}}
     schedule = optax.warmup_cosine_decay_schedule(
@@ -135,7 +159,7 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
     opt = optax.adam(schedule)
     params = variables["params"]
     opt_state = opt.init(params)
-    p_norm = np.asarray(normalise_params(params_train.astype(np.float32)))
+    p_norm = np.asarray(space.normalise(params_train.astype(np.float32)))
 
     @jax.jit
     def step(params, opt_state, x, t):
@@ -152,7 +176,7 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
         idx = rng.integers(0, len(p_norm), cfg.batch)
         params, opt_state, _ = step(params, opt_state, p_norm[idx], targets[idx])
     variables = {"params": params, **constants}
-    pred = predict_quadrants(net, variables, params_val)
+    pred = predict(Emulator(config, variables, {"param_space": space.name}), params_val)
     e, abs_e = full_map_errors(pred, vrms_val)
     metrics = {
         "val_median_abs_E": float(np.median(abs_e)),
@@ -180,7 +204,9 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
         },
         "validation_metrics": metrics,
     }
-    save_checkpoint(cfg.export, config, jax.tree_util.tree_map(np.asarray, variables), info)
+    save_checkpoint(
+        cfg.export, config, jax.tree_util.tree_map(np.asarray, variables), info, space=space
+    )
     result = {**metrics, "cpu_seconds": cpu, "exported": cfg.export}
     if cfg.basis_rank:
         result["factorisation"] = factorise_checkpoint(
@@ -236,7 +262,13 @@ def factorise_checkpoint(
         "val_p95_abs_E": float(np.percentile(factorised_err, 95)),
     }
     keep = {k: v for k, v in metadata.items() if k not in _CHECKPOINT_OWN_KEYS}
-    save_checkpoint(export, new_config, new_variables, {**keep, "factorisation": report})
+    save_checkpoint(
+        export,
+        new_config,
+        new_variables,
+        {**keep, "factorisation": report},
+        space=checkpoint_space(metadata),
+    )
     return report
 
 
@@ -246,6 +278,7 @@ _CHECKPOINT_OWN_KEYS = frozenset(
         "skinn_jax_version",
         "created",
         "network",
+        "param_space",
         "param_names",
         "training_box",
         "weights_sha256",

@@ -17,7 +17,9 @@ by other settings) are regenerated.
 
 Shard contents (all arrays, first axis = map):
 
-* ``index`` (int64): global map index; ``params`` (float64, (S, 8)): CONVENTIONS §1 order;
+* ``index`` (int64): global map index; ``params`` (float64, (S, P)): the order of the data
+  set's parameter space (manifest ``param_space``: ``paper``, P = 8, CONVENTIONS §1, or
+  ``real-lens``, P = 9, §9);
 * ``vrms`` (float32, (S, 276, 276)): v_rms (km/s) on the quadrant ``[:276, :276]`` of §5;
 * ``vrms_negative`` (float32, (S, 276, 276)): ``-sqrt(-v2)`` (km/s) where JAM's signed second
   moment ``v2`` is negative, else 0; ``vrms + vrms_negative`` is the signed velocity
@@ -44,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from skinn_jax.grid import QUADRANT_SIZE
-from skinn_jax.params import PARAM_NAMES, sample_params
+from skinn_jax.params import PAPER_SPACE, ParamSpace, space_named
 
 from .jam import DEFAULT_SETTINGS, JamSettings, jam_quadrant
 
@@ -60,9 +62,9 @@ _SINGLE_THREAD_ENV = {
 }
 
 
-def map_params(seed: int, index: int) -> np.ndarray:
-    """The eight parameters of map ``index`` of the data set with ``seed`` (shape (8,))."""
-    return sample_params(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,))))
+def map_params(seed: int, index: int, space: ParamSpace = PAPER_SPACE) -> np.ndarray:
+    """The parameters of map ``index`` of the data set with ``seed``: ``(space.n_params,)``."""
+    return space.sample(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,))))
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class ShardTask:
     seed: int
     n_radii: int
     n_angles: int
+    space: str = PAPER_SPACE.name
 
 
 def shard_name(shard: int) -> str:
@@ -106,10 +109,11 @@ def compute_shard(task: ShardTask) -> dict[str, np.ndarray | float]:
     for key, value in _SINGLE_THREAD_ENV.items():
         os.environ.setdefault(key, value)
     settings = JamSettings(n_radii=task.n_radii, n_angles=task.n_angles)
+    space = space_named(task.space)
     n = task.stop - task.start
     out = {
         "index": np.arange(task.start, task.stop, dtype=np.int64),
-        "params": np.empty((n, len(PARAM_NAMES))),
+        "params": np.empty((n, space.n_params)),
         "vrms": np.empty((n, QUADRANT_SIZE, QUADRANT_SIZE), dtype=np.float32),
         "vrms_negative": np.empty((n, QUADRANT_SIZE, QUADRANT_SIZE), dtype=np.float32),
         "n_zero": np.empty(n, dtype=np.int32),
@@ -118,8 +122,13 @@ def compute_shard(task: ShardTask) -> dict[str, np.ndarray | float]:
     }
     t0 = time.process_time()
     for k, index in enumerate(range(task.start, task.stop)):
-        p = map_params(task.seed, index)
-        jam = jam_quadrant(p, settings=settings)
+        p = map_params(task.seed, index, space)
+        try:
+            jam = jam_quadrant(p, settings=settings)
+        except Exception as err:  # name the map: a shard is 20-50 maps
+            raise RuntimeError(
+                f"map {index} of seed {task.seed} ({space.name}, parameters {p.tolist()}): {err}"
+            ) from err
         out["params"][k] = p
         out["vrms"][k] = jam.vrms
         out["vrms_negative"][k] = jam.vrms_negative
@@ -157,6 +166,11 @@ class DataSet:
         self.manifest = json.loads(manifest_path.read_text())
 
     @property
+    def space(self) -> ParamSpace:
+        """The parameter space of the maps (the paper space for manifests that name none)."""
+        return space_named(self.manifest.get("param_space"))
+
+    @property
     def complete_shards(self) -> list[int]:
         return sorted(int(k) for k in self.manifest["shards"])
 
@@ -192,17 +206,21 @@ def _write_manifest(path: Path, manifest: dict) -> None:
     os.replace(tmp, path / MANIFEST)
 
 
-def _init_manifest(out: Path, n: int, seed: int, shard_size: int, settings: JamSettings) -> dict:
+def _init_manifest(
+    out: Path, n: int, seed: int, shard_size: int, settings: JamSettings, space: ParamSpace
+) -> dict:
     manifest_path = out / MANIFEST
     run = {
         "seed": seed,
         "shard_size": shard_size,
         "settings": asdict(settings),
         "format_version": FORMAT_VERSION,
+        "param_space": space.name,
     }
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        old = {k: manifest[k] for k in run}
+        manifest.setdefault("param_space", PAPER_SPACE.name)  # manifests before spaces existed
+        old = {k: manifest.get(k) for k in run}
         if old != run:
             raise ValueError(
                 f"{out} was generated with {old}, not {run}: use another --out or the same settings"
@@ -212,7 +230,7 @@ def _init_manifest(out: Path, n: int, seed: int, shard_size: int, settings: JamS
     return {
         **run,
         "n_requested": n,
-        "param_names": list(PARAM_NAMES),
+        "param_names": list(space.names),
         "grid": {
             "quadrant": [QUADRANT_SIZE, QUADRANT_SIZE],
             "pixel_arcsec": 0.02,
@@ -227,7 +245,13 @@ def _init_manifest(out: Path, n: int, seed: int, shard_size: int, settings: JamS
 
 
 def pending_tasks(
-    out: Path, manifest: dict, n: int, seed: int, shard_size: int, settings: JamSettings
+    out: Path,
+    manifest: dict,
+    n: int,
+    seed: int,
+    shard_size: int,
+    settings: JamSettings,
+    space: ParamSpace = PAPER_SPACE,
 ) -> list[ShardTask]:
     """Shards not yet finished or whose file fails its checksum (dropped from the manifest)."""
     tasks = []
@@ -239,7 +263,9 @@ def pending_tasks(
             if sha256_file(path) == entry["sha256"]:
                 continue
         manifest["shards"].pop(str(shard), None)
-        tasks.append(ShardTask(shard, start, stop, seed, settings.n_radii, settings.n_angles))
+        tasks.append(
+            ShardTask(shard, start, stop, seed, settings.n_radii, settings.n_angles, space.name)
+        )
     return tasks
 
 
@@ -249,11 +275,15 @@ def _run_local(tasks: list[ShardTask], workers: int) -> Iterator[tuple[ShardTask
 
     for key, value in _SINGLE_THREAD_ENV.items():  # inherited by the spawned workers
         os.environ.setdefault(key, value)
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    try:
         futures = {pool.submit(compute_shard, t): t for t in tasks}
         for future in cf.as_completed(futures):
             # drop the finished future: it holds its shard's arrays (~30 MB) until released
             yield futures.pop(future), future.result()
+    finally:
+        # on an error (or a kill of the generator) do not wait for the shards still queued
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_dask(tasks: list[ShardTask], scheduler: str) -> Iterator[tuple[ShardTask, dict]]:
@@ -277,6 +307,7 @@ def generate(
     settings: JamSettings = DEFAULT_SETTINGS,
     scheduler: str | None = None,
     progress: bool = True,
+    space: ParamSpace = PAPER_SPACE,
 ) -> DataSet:
     """Generate (or resume) ``n`` JAM quadrant maps from ``seed`` into directory ``out``.
 
@@ -289,6 +320,7 @@ def generate(
         settings: JAM accuracy settings (part of the data set's identity).
         scheduler: address of a dask.distributed scheduler; runs the shards there instead.
         progress: show a tqdm progress bar.
+        space: the parameter space to draw from (part of the data set's identity).
     """
     from tqdm import tqdm
 
@@ -300,8 +332,8 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.tmp"):
         stale.unlink()
-    manifest = _init_manifest(out, n, seed, shard_size, settings)
-    tasks = pending_tasks(out, manifest, n, seed, shard_size, settings)
+    manifest = _init_manifest(out, n, seed, shard_size, settings, space)
+    tasks = pending_tasks(out, manifest, n, seed, shard_size, settings, space)
     _write_manifest(out, manifest)
     done = n - sum(t.stop - t.start for t in tasks)
     workers = workers or os.cpu_count() or 1

@@ -44,9 +44,18 @@ from scipy.interpolate import RectBivariateSpline
 
 from skinn_jax.cosmology import FIDUCIAL, LensDistances, sigma_crit_msun_pc2
 from skinn_jax.grid import QUADRANT_SIZE, quadrant_coordinates
-from skinn_jax.params import validate_params
+from skinn_jax.params import PAPER_SPACE, space_of
+from skinn_jax.profiles import SersicLight
 
-from .mge import MGE, light_mge, mass_mge, plain_light_mge, plain_mass_mge
+from .mge import (
+    MGE,
+    light_mge,
+    mass_mge,
+    plain_light_mge,
+    plain_mass_mge,
+    power_law_mge,
+    sersic_mge,
+)
 
 CENTRE_OFFSET_ARCSEC = 1e-4
 """JAM is singular at (0, 0): points there are evaluated at this offset along x."""
@@ -76,7 +85,8 @@ class JamModel(NamedTuple):
     Attributes:
         surf_light: peak surface brightness of each light Gaussian (arbitrary units), ``(K_l,)``.
         sigma_light: dispersions of the light Gaussians, arcsec, ``(K_l,)``.
-        q_light: observed axis ratio of the light (every Gaussian).
+        q_light: observed axis ratio of each light Gaussian, ``(K_l,)`` (a light of several
+            components has several).
         surf_mass: peak surface density of each mass Gaussian, Msun/pc^2, ``(K_m,)``.
         sigma_mass: dispersions of the mass Gaussians, arcsec, ``(K_m,)``.
         q_mass: observed axis ratio of the mass (every Gaussian).
@@ -89,7 +99,7 @@ class JamModel(NamedTuple):
 
     surf_light: np.ndarray
     sigma_light: np.ndarray
-    q_light: float
+    q_light: np.ndarray
     surf_mass: np.ndarray
     sigma_mass: np.ndarray
     q_mass: float
@@ -100,34 +110,77 @@ class JamModel(NamedTuple):
     mass_rel_error: float
 
 
-def jam_model(params, distances: LensDistances = FIDUCIAL, *, plain_mge: bool = False) -> JamModel:
-    """Build and check the MGEs for one parameter vector of shape (8,).
+def _component_params(space, p: np.ndarray, light: SersicLight) -> list[tuple[float, np.ndarray]]:
+    """``(amplitude, parameter vector)`` per light component, each checked against ``space``."""
+    light = SersicLight.checked(light)
+    out = []
+    for k, (amp, q, r_s, n) in enumerate(zip(*(np.atleast_1d(f) for f in light), strict=True)):
+        pk = p.copy()
+        pk[3], pk[4], pk[5] = q, r_s, n
+        out.append((float(amp), space.validate(pk, what=f"light component {k}")))
+    return out
+
+
+def jam_model(
+    params,
+    distances: LensDistances = FIDUCIAL,
+    *,
+    plain_mge: bool = False,
+    light: SersicLight | None = None,
+) -> JamModel:
+    """Build and check the MGEs for one parameter vector.
 
     Args:
-        params: the eight parameters (CONVENTIONS §1), validated against the training box.
+        params: shape (8,) (the paper space, CONVENTIONS §1: fixed 0.08" core) or (9,) (the
+            real-lens space, §9: ``r_core`` in arcsec last), validated against its box.
         distances: D_d, D_s, D_ds (Mpc) that set Sigma_crit and the arcsec -> pc scale.
-        plain_mge: use one plain ``mge_fit_1d`` per profile (20 Gaussians) instead of the
-            tabulated dispersions: the slow reference approach (still checked and reported).
+        plain_mge: paper space only: one plain ``mge_fit_1d`` per profile (20 Gaussians) instead
+            of the tabulated dispersions, the slow reference approach (checked and reported).
+        light: a light of several Sérsic components (real-lens space). The tracer is then the
+            sum of their MGEs, each Gaussian with its component's axis ratio, and the light
+            entries of ``params`` (``q_light``, ``r_sersic``, ``n_sersic``) are not used; every
+            component must lie in the box with the mass, anisotropy and inclination of
+            ``params`` (inclination rule included).
     """
-    p = validate_params(params)
+    space = space_of(params)
+    p = space.validate(params)
     if p.ndim != 1:
-        raise ValueError(f"jam_model takes one parameter vector of shape (8,), got {p.shape}")
-    theta_e, gamma, q_mass, q_light, r_sersic, n_sersic, beta_z, inc = (float(v) for v in p)
-    light: MGE = plain_light_mge(r_sersic, n_sersic) if plain_mge else light_mge(r_sersic, n_sersic)
-    mass: MGE = plain_mass_mge(gamma) if plain_mge else mass_mge(gamma)
+        raise ValueError(f"jam_model takes one parameter vector, got shape {p.shape}")
+    theta_e, gamma, q_mass, q_light, r_sersic, n_sersic, beta_z, inc = (float(v) for v in p[:8])
+    if space is PAPER_SPACE:
+        if light is not None:
+            raise ValueError(
+                "a light of several components needs the real-lens space (9 parameters)"
+            )
+        lights = [
+            (
+                1.0,
+                plain_light_mge(r_sersic, n_sersic) if plain_mge else light_mge(r_sersic, n_sersic),
+                q_light,
+            )
+        ]
+        mass: MGE = plain_mass_mge(gamma) if plain_mge else mass_mge(gamma)
+    else:
+        if plain_mge:
+            raise ValueError(
+                "plain_mge is the paper space's reference; the real-lens MGEs are NNLS fits"
+            )
+        components = [(1.0, p)] if light is None else _component_params(space, p, light)
+        lights = [(amp, sersic_mge(pk[4], pk[5]), pk[3]) for amp, pk in components]
+        mass = power_law_mge(gamma, float(p[8]))
     kappa_amplitude = theta_e ** (gamma - 1.0) * (3.0 - gamma) / (1.0 + q_mass)
     sigma_crit = sigma_crit_msun_pc2(distances.D_d, distances.D_s, distances.D_ds)
     return JamModel(
-        surf_light=light.peak,
-        sigma_light=light.sigma_arcsec,
-        q_light=q_light,
+        surf_light=np.concatenate([amp * m.peak for amp, m, _ in lights]),
+        sigma_light=np.concatenate([m.sigma_arcsec for _, m, _ in lights]),
+        q_light=np.concatenate([np.full(m.peak.size, q) for _, m, q in lights]),
         surf_mass=mass.peak * kappa_amplitude * float(sigma_crit),
         sigma_mass=mass.sigma_arcsec,
         q_mass=q_mass,
         beta_z=beta_z,
         inclination_deg=inc,
         distance_mpc=float(distances.D_d),
-        light_rel_error=light.max_rel_error,
+        light_rel_error=max(m.max_rel_error for _, m, _ in lights),
         mass_rel_error=mass.max_rel_error,
     )
 
@@ -151,7 +204,7 @@ def jampy_direct(model: JamModel, x: np.ndarray, y: np.ndarray, analytic_los: bo
     nrad, nang = (10**6, 10**6) if analytic_los else (60, 20)
     with contextlib.redirect_stdout(io.StringIO()):
         jam = jam_axi_proj(
-            model.surf_light, model.sigma_light, np.full(kl, model.q_light),
+            model.surf_light, model.sigma_light, model.q_light,
             model.surf_mass, model.sigma_mass, np.full(km, model.q_mass),
             model.inclination_deg, 0.0, model.distance_mpc, x, y,
             align="cyl", moment="zz", beta=np.full(kl, model.beta_z),
@@ -183,7 +236,7 @@ def jampy_signed_v2(model: JamModel, x: np.ndarray, y: np.ndarray) -> np.ndarray
     # nrad * nang > number of points without PSF: psf_conv evaluates every point directly.
     v2, *_ = psf_conv(
         x * pc, y * pc, model.inclination_deg,
-        model.surf_light, model.sigma_light * pc, np.full(kl, model.q_light),
+        model.surf_light, model.sigma_light * pc, model.q_light,
         model.surf_mass, model.sigma_mass * pc, np.full(km, model.q_mass),
         0.0, np.full(kl, model.beta_z), np.zeros(kl), False, "zz", "cyl",
         np.zeros(1), np.ones(1), 0.0, 0.0, 0.0, 10**6, 10**6, 1500, 1e-2, True, True,
@@ -222,7 +275,7 @@ def jam_vrms_squared(
     if settings.direct or x.size <= n_grid:
         return jampy_signed_v2(model, x, y).reshape(shape)
 
-    q = model.q_light
+    q = float(np.min(model.q_light))
     radius, angle = _elliptical_polar(x, y, q)
     # Points inside the inner grid radius (at most a few pixels near the centre) go direct.
     r_inner = max(0.01, float(np.min(radius[radius >= 0.01], initial=np.inf)))
@@ -256,15 +309,19 @@ def jam_vrms(
     y,
     distances: LensDistances = FIDUCIAL,
     settings: JamSettings = DEFAULT_SETTINGS,
+    *,
+    light: SersicLight | None = None,
 ) -> np.ndarray:
     """JAM v_rms (km/s) at galaxy-frame points: the emulator's truth.
 
     Args:
-        params: the eight parameters, shape (8,), in the order of ``skinn_jax.PARAM_NAMES``.
+        params: shape (8,) in the order of ``skinn_jax.PARAM_NAMES`` (paper space) or (9,) with
+            ``r_core`` (arcsec) last (real-lens space, ``skinn_jax.params.REAL_LENS_SPACE``).
         x: galaxy-frame x (along the projected major axis), arcsec, any shape.
         y: galaxy-frame y, arcsec, broadcastable with ``x``.
         distances: lens distances (Mpc); default the fiducial ones of CONVENTIONS §4.
         settings: accuracy settings of the polar interpolation grid.
+        light: a light of several Sérsic components (real-lens space; see :func:`jam_model`).
 
     Returns:
         v_rms in km/s with the broadcast shape of ``x`` and ``y``; 0 where JAM's second moment
@@ -274,7 +331,7 @@ def jam_vrms(
         ValueError: parameters outside the training box or non-finite.
         training.mge.MGEFitError: an MGE that does not reproduce its profile to 0.5 %.
     """
-    model = jam_model(params, distances)
+    model = jam_model(params, distances, light=light)
     return np.sqrt(jam_vrms_squared_clipped(model, x, y, settings))
 
 

@@ -22,6 +22,7 @@ it unchecked.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,20 +218,18 @@ def build_table(progress: bool = True) -> dict[str, np.ndarray]:
     }
 
 
-_TABLE: dict[str, np.ndarray] | None = None
+@functools.cache
+def _load_npz(path: Path, rebuild: str) -> dict[str, np.ndarray]:
+    """A shipped table, read once per process."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: rebuild it with `{rebuild}`")
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
 
 
 def load_table() -> dict[str, np.ndarray]:
     """The shipped dispersion table (``training/mge_table.npz``), cached per process."""
-    global _TABLE
-    if _TABLE is None:
-        if not TABLE_PATH.exists():
-            raise FileNotFoundError(
-                f"{TABLE_PATH} is missing: rebuild it with `skinn-jax mge-table`"
-            )
-        with np.load(TABLE_PATH) as data:
-            _TABLE = {k: data[k] for k in data.files}
-    return _TABLE
+    return _load_npz(TABLE_PATH, "skinn-jax mge-table")
 
 
 def _node_sigmas(nodes: np.ndarray, sigma_rows: np.ndarray, value: float) -> list[np.ndarray]:
@@ -240,25 +239,28 @@ def _node_sigmas(nodes: np.ndarray, sigma_rows: np.ndarray, value: float) -> lis
     return [sigma_rows[j][np.isfinite(sigma_rows[j])] for j in order]
 
 
-def _checked_fit(radii, profile, candidate_sigmas, what: str) -> MGE:
+def _checked_fit(
+    radii, profile, candidate_sigmas, what: str, check=None, direct_fallback: bool = True
+) -> MGE:
+    check = _check_radii() if check is None else check
     values = profile(radii)
     best = None
     for sigma in candidate_sigmas:
         peak = nnls_amplitudes(radii, values, sigma)
         keep = peak > 0
-        mge = MGE(peak[keep], sigma[keep], max_relative_error((peak, sigma), profile))
+        mge = MGE(peak[keep], sigma[keep], max_relative_error((peak, sigma), profile, check))
         if best is None or mge.max_rel_error < best.max_rel_error:
             best = mge
         if mge.max_rel_error <= MAX_REL_ERROR:
             return mge
     # Fallback: a direct fit with more Gaussians (slow but rare).
-    direct = _best_direct_fit(radii, profile, _check_radii(), (20, 24, 28, 32))
+    direct = _best_direct_fit(radii, profile, check, (20, 24, 28, 32)) if direct_fallback else None
     if direct is not None and direct[0] <= MAX_REL_ERROR:
         return MGE(direct[2], direct[1], direct[0])
     err = best.max_rel_error if direct is None else min(direct[0], best.max_rel_error)
     raise MGEFitError(
         f"MGE of the {what} misses its profile by {err:.3%} over "
-        f"{CHECK_RANGE_ARCSEC[0]}-{CHECK_RANGE_ARCSEC[1]} arcsec (allowed {MAX_REL_ERROR:.1%})"
+        f"{check[0]:.3g}-{check[-1]:.3g} arcsec (allowed {MAX_REL_ERROR:.1%})"
     )
 
 
@@ -341,4 +343,175 @@ def plain_mass_mge(gamma: float, ngauss: int = 20) -> MGE:
 def save_table(path: Path = TABLE_PATH, progress: bool = True) -> Path:
     """Build and save the dispersion table."""
     np.savez(path, **build_table(progress=progress))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# The real-lens space (CONVENTIONS §9): free core down to the singular law, Sérsic n in [1, 6]
+
+REAL_CHECK_RANGE_ARCSEC = (0.01, 13.0)
+"""Major-axis radii over which every real-lens MGE is checked (the map corner at q = 0.5 lies at
+elliptical radius 12.3")."""
+SINGULAR_SIGMA_MIN_ARCSEC = 1e-7
+"""Smallest mass Gaussian of the singular power law: it holds all but ~(1e-7/r)^(3-gamma) of the
+mass inside r (3e-4 of the mass inside 1" at gamma = 2.5)."""
+MASS_SIGMA_MAX_ARCSEC = 300.0
+MASS_GAUSSIANS_PER_DECADE = (4, 5, 6)
+LIGHT_FIT_DROP = 1e-15
+"""The real-lens light fit runs out to where the Sérsic profile has fallen to this fraction of its
+value at r_sersic (at most :data:`LIGHT_FIT_OUTER_MAX_WIDE_ARCSEC`): its whole extent in practice,
+so that v_rms in the faint outskirts is the model's, not the fit's."""
+LIGHT_FIT_OUTER_MAX_WIDE_ARCSEC = 2000.0
+WIDE_TABLE_PATH = Path(__file__).with_name("mge_table_wide.npz")
+WIDE_N_SERSIC_NODES = np.round(np.arange(0.96, 6.0501, 0.02), 4)
+_WIDE_TABLE_NGAUSS = (16, 20, 24, 28, 32, 36)
+_WIDE_TABLE_TARGET = 2.5e-3
+_WIDE_U_CHECK = (0.002, 175.0)
+"""Check range in units of r_sersic: 0.01-13" for every r_sersic in the real-lens box."""
+
+
+def power_law_shape(r_arcsec: np.ndarray, gamma: float, r_core: float) -> np.ndarray:
+    """Major-axis shape ``(r**2 + r_core**2)**((1 - gamma)/2)`` of the power law of CONVENTIONS §2
+    with core radius ``r_core`` (arcsec; 0 is the singular law)."""
+    return (np.asarray(r_arcsec, dtype=float) ** 2 + r_core**2) ** ((1.0 - gamma) / 2.0)
+
+
+def _real_check_radii(outer: float = REAL_CHECK_RANGE_ARCSEC[1]) -> np.ndarray:
+    return np.geomspace(REAL_CHECK_RANGE_ARCSEC[0], outer, _N_CHECK_RADII)
+
+
+def power_law_mge(gamma: float, r_core: float) -> MGE:
+    """Checked MGE of the (cored or singular) power law, for the real-lens space.
+
+    Log-spaced dispersions from ``max(1e-7, r_core / 20)`` to 300" with non-negative amplitudes
+    fitted in relative error (1e-7" to 200"); the fewest per decade that reproduce the profile
+    to :data:`MAX_REL_ERROR` over :data:`REAL_CHECK_RANGE_ARCSEC`. With ``r_core = 0`` this is
+    the singular law itself, not a small core standing in for it.
+
+    Args:
+        gamma: 2D slope (CONVENTIONS §2), in [1.5, 2.5].
+        r_core: core radius, arcsec, >= 0.
+
+    Returns:
+        Peaks of :func:`power_law_shape` (dimensionless); multiply by
+        ``theta_E**(gamma-1) (3-gamma)/(1+q_mass) * Sigma_crit`` for a surface density.
+    """
+    if not (r_core >= 0 and np.isfinite(r_core)):
+        raise ValueError(f"r_core = {r_core} arcsec must be finite and >= 0")
+    low = max(SINGULAR_SIGMA_MIN_ARCSEC, r_core / 20.0)
+    radii = np.geomspace(low, MASS_FIT_RANGE_ARCSEC[1], int(40 * np.log10(200.0 / low)) + 1)
+    profile = lambda r: power_law_shape(r, gamma, r_core)  # noqa: E731
+    values = profile(radii)
+    check = _real_check_radii()
+    best = None
+    for per_decade in MASS_GAUSSIANS_PER_DECADE:
+        sigma = np.geomspace(low, MASS_SIGMA_MAX_ARCSEC, int(per_decade * np.log10(300 / low)) + 1)
+        peak = nnls_amplitudes(radii, values, sigma)
+        keep = peak > 0
+        mge = MGE(peak[keep], sigma[keep], max_relative_error((peak, sigma), profile, check))
+        if best is None or mge.max_rel_error < best.max_rel_error:
+            best = mge
+        if mge.max_rel_error <= MAX_REL_ERROR:
+            return mge
+    raise MGEFitError(
+        f"MGE of the power law (gamma={gamma:.4g}, r_core={r_core:.4g}) misses its profile by "
+        f"{best.max_rel_error:.3%} over {REAL_CHECK_RANGE_ARCSEC} arcsec "
+        f"(allowed {MAX_REL_ERROR:.1%})"
+    )
+
+
+def light_fit_outer_radius_wide(r_sersic: float, n_sersic: float) -> float:
+    """Radius (arcsec) where the Sérsic profile falls to :data:`LIGHT_FIT_DROP` of its value at
+    r_sersic, at most :data:`LIGHT_FIT_OUTER_MAX_WIDE_ARCSEC`."""
+    u_end = (1.0 - np.log(LIGHT_FIT_DROP) / float(sersic_b_np(n_sersic))) ** n_sersic
+    return float(min(r_sersic * u_end, LIGHT_FIT_OUTER_MAX_WIDE_ARCSEC))
+
+
+def _wide_table_node(n_sersic: float) -> tuple[float, np.ndarray]:
+    """Optimised dispersions (units of r_sersic) for one Sérsic index of the wide table."""
+    u_end = light_fit_outer_radius_wide(1.0, n_sersic)
+    u_end = min(u_end, 4000.0)
+    radii = np.geomspace(2e-4, u_end, _N_FIT_RADII)
+    profile = lambda u: sersic_shape(u, n_sersic)  # noqa: E731
+    check = np.geomspace(_WIDE_U_CHECK[0], min(_WIDE_U_CHECK[1], u_end), _N_CHECK_RADII)
+    best = None
+    for ngauss in _WIDE_TABLE_NGAUSS:
+        try:
+            peak, sigma = mge_fit_1d_quiet(radii, profile(radii), ngauss)
+        except (AssertionError, ValueError, np.linalg.LinAlgError):
+            continue
+        err = max_relative_error((peak, sigma), profile, check)
+        if best is None or err < best[0]:
+            best = (err, sigma)
+        if err <= _WIDE_TABLE_TARGET:
+            break
+    return best
+
+
+def build_wide_table(progress: bool = True, workers: int | None = None) -> dict[str, np.ndarray]:
+    """Optimise the real-lens light dispersions, one set per Sérsic index node (minutes)."""
+    import concurrent.futures as cf
+
+    from tqdm import tqdm
+
+    with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+        results = list(
+            tqdm(
+                pool.map(_wide_table_node, WIDE_N_SERSIC_NODES),
+                total=len(WIDE_N_SERSIC_NODES),
+                desc="wide MGE table",
+                disable=not progress,
+            )
+        )
+    errors, sigmas = zip(*results, strict=True)
+    width = max(len(s) for s in sigmas)
+    table = np.full((len(sigmas), width), np.nan)
+    for i, s in enumerate(sigmas):
+        table[i, : len(s)] = np.sort(s)
+    return {
+        "n_nodes": WIDE_N_SERSIC_NODES,
+        "light_sigma_over_r_sersic": table,
+        "light_table_error": np.array(errors),
+    }
+
+
+def load_wide_table() -> dict[str, np.ndarray]:
+    """The shipped real-lens light table (``training/mge_table_wide.npz``), cached per process."""
+    return _load_npz(WIDE_TABLE_PATH, "skinn-jax mge-table --space real-lens")
+
+
+def sersic_mge(r_sersic: float, n_sersic: float) -> MGE:
+    """Checked MGE of a Sérsic light for the real-lens space (unit value at ``r_sersic``).
+
+    Dispersions from the nearest node of the wide table (scaled by ``r_sersic``), amplitudes by
+    NNLS in relative error over 1e-3" to :func:`light_fit_outer_radius_wide` (the profile's whole
+    extent); checked to :data:`MAX_REL_ERROR` over 0.01-13" (or to where the profile has fallen
+    to 1e-15, if that is closer) and in total flux. Falls back to a direct ``mge_fit_1d``.
+    """
+    table = load_wide_table()
+    outer = light_fit_outer_radius_wide(r_sersic, n_sersic)
+    # from 2e-4 r_sersic (the table's inner fit radius) so that no small Gaussian is unconstrained
+    radii = np.geomspace(min(LIGHT_FIT_INNER_ARCSEC, 2e-4 * r_sersic), outer, _N_FIT_RADII)
+    check = _real_check_radii(min(REAL_CHECK_RANGE_ARCSEC[1], outer))
+    profile = lambda r: sersic_shape(r / r_sersic, n_sersic)  # noqa: E731
+    what = f"Sérsic light (r_sersic={r_sersic:.4g}, n_sersic={n_sersic:.4g})"
+    candidates = [
+        s * r_sersic
+        for s in _node_sigmas(table["n_nodes"], table["light_sigma_over_r_sersic"], n_sersic)
+    ]
+    # fallbacks: log-spaced dispersions, ever denser (more Gaussians, but always a good fit)
+    candidates += [
+        np.geomspace(radii[0], outer, int(per_decade * np.log10(outer / radii[0])) + 1)
+        for per_decade in (10, 14, 20)
+    ]
+    fit = _checked_fit(radii, profile, candidates, what, check, direct_fallback=False)
+    flux_error = mge_total_flux(fit) / sersic_total_flux(r_sersic, n_sersic) - 1.0
+    if not abs(flux_error) <= MAX_REL_ERROR:
+        raise MGEFitError(f"MGE of the {what} has a total flux off by {flux_error:.3%}")
+    return fit
+
+
+def save_wide_table(path: Path = WIDE_TABLE_PATH, progress: bool = True) -> Path:
+    """Build and save the real-lens light table (``skinn-jax mge-table --space real-lens``)."""
+    np.savez(path, **build_wide_table(progress=progress))
     return path

@@ -37,7 +37,7 @@ from skinn_jax.networks import (
     relative_velocity,
     velocity_scale,
 )
-from skinn_jax.params import normalise_params
+from skinn_jax.params import PAPER_SPACE, ParamSpace, normalise_params
 
 from .generate import DataSet
 
@@ -102,7 +102,7 @@ class TrainConfig:
 def load_maps(
     path: str | Path, n: int | None = None, signed: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(params (N, 8) float64, vrms (N, 276*276) float32, n_zero (N,))`` of the first n maps.
+    """``(params (N, P) float64, vrms (N, 276*276) float32, n_zero (N,))`` of the first n maps.
 
     With ``signed=True`` the maps are the signed velocity ``sign(v2) sqrt(|v2|)`` (km/s,
     ``vrms + vrms_negative`` of the shards, format version >= 2) instead of the clipped truth:
@@ -112,7 +112,7 @@ def load_maps(
     total = ds.n_maps if n is None else n
     if total > ds.n_maps:
         raise ValueError(f"{path} has {ds.n_maps} finished maps, {total} requested")
-    params = np.empty((total, 8))
+    params = np.empty((total, ds.space.n_params))
     vrms = np.empty((total, QUADRANT_SIZE * QUADRANT_SIZE), np.float32)
     n_zero = np.empty(total, np.int64)
     if signed and ds.manifest.get("format_version", 1) < 2:
@@ -275,11 +275,13 @@ def full_map_errors(
     return diff @ w, np.abs(diff) @ w
 
 
-def predict_quadrants(net, variables, params: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Predicted v_rms quadrants (N, 276*276) for parameters (N, 8)."""
+def predict_quadrants(
+    net, variables, params: np.ndarray, batch: int = 64, space: ParamSpace = PAPER_SPACE
+) -> np.ndarray:
+    """Predicted v_rms quadrants (N, 276*276) for parameters (N, P) of ``space``."""
     sampler_x, sampler_y = (c.ravel().astype(np.float32) for c in quadrant_coordinates())
     feats = jax.jit(lambda v: net.apply(v, sampler_x, sampler_y, method="features"))(variables)
-    style_fn = jax.jit(lambda v, p: net.apply(v, normalise_params(p), method="style"))
+    style_fn = jax.jit(lambda v, p: net.apply(v, space.normalise(p), method="style"))
     out = np.empty((len(params), sampler_x.size), np.float32)
     for i in range(0, len(params), batch):
         p = jnp.asarray(params[i : i + batch], jnp.float32)

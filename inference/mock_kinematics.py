@@ -60,6 +60,7 @@ from skinn_jax.forward import (
 )
 from skinn_jax.ifu import PSF, KinematicData, SpaxelGrid
 from skinn_jax.params import sample_params, validate_params
+from skinn_jax.profiles import SersicLight
 from skinn_jax.profiles import sersic_total_flux as _jax_sersic_total_flux
 
 
@@ -220,20 +221,28 @@ def jam_truth_bins(
     sky: SkyParams,
     distances: LensDistances,
     settings: JamSettings = DEFAULT_SETTINGS,
+    light: SersicLight | None = None,
 ) -> np.ndarray:
     """Binned v_rms (km/s) from JAM truth at ``distances`` through the forward model (float64).
 
     ``jam_vrms`` is evaluated at every sub-pixel that affects a used bin (PSF margin included);
-    no distance rescaling is applied (JAM is run at the given distances).
+    no distance rescaling is applied (JAM is run at the given distances). With ``light`` (several
+    Sérsic components, real-lens space) JAM runs with their combined MGE as the tracer and the
+    weighting light is their sum: ``I v_JAM**2 = sum_k I_k v_k**2`` (CONVENTIONS §9).
     """
     with jax.enable_x64(True):
         x_gal, y_gal = (np.asarray(a) for a in galaxy_frame_points(model, sky))
-        light = lens_light(model, jnp.asarray(params), sky, jnp.asarray(x_gal), jnp.asarray(y_gal))
+        if light is None:
+            brightness = lens_light(
+                model, jnp.asarray(params), sky, jnp.asarray(x_gal), jnp.asarray(y_gal)
+            )
+        else:
+            brightness = light.surface_brightness(jnp.asarray(x_gal), jnp.asarray(y_gal))
         vrms = np.zeros(model.padded_shape)
         vrms[model.needed] = jam_vrms(
-            params, x_gal[model.needed], y_gal[model.needed], distances, settings
+            params, x_gal[model.needed], y_gal[model.needed], distances, settings, light=light
         )
-        return np.asarray(binned_vrms_from_fields(model, light, jnp.asarray(vrms)))
+        return np.asarray(binned_vrms_from_fields(model, brightness, jnp.asarray(vrms)))
 
 
 def make_mock_kinematics(

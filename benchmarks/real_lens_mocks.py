@@ -41,6 +41,7 @@ from skinn_jax.inference.mock_kinematics import jam_distances, jam_truth_bins, v
 from skinn_jax import Emulator, KinematicData
 from skinn_jax.cosmology import FIDUCIAL, lens_distances, vrms_distance_factor
 from skinn_jax.forward import (
+    CenterBox,
     SkyParams,
     build_forward_model,
     convolve_valid,
@@ -58,6 +59,7 @@ Z_D, Z_S = 0.5, 2.0
 STAT, SYS = 0.03, 0.025
 TRUTH_SUPERSAMPLING = 7
 FIT_SUPERSAMPLING = 4
+CENTER = CenterBox(-0.1, 0.1, -0.1, 0.1)  # the mocks' centres lie within 0.05"
 OUT = Path("docs/benchmarks")
 
 
@@ -103,7 +105,9 @@ def expected_light(grid, psf, light, sky, radius):
     lie within ``radius`` of the lens."""
     xs, ys = grid.coordinates()
     inside = np.hypot(xs - sky.center_x, ys - sky.center_y) < radius
-    model = build_forward_model(grid, np.where(inside, 0, -1), psf, supersampling=3)
+    model = build_forward_model(
+        grid, np.where(inside, 0, -1), psf, supersampling=3, center_box=CENTER
+    )
     x, y = galaxy_frame_points(model, sky)
     image = convolve_valid(model, light.surface_brightness(x, y))
     ny, nx = grid.shape
@@ -133,7 +137,9 @@ def make_mock(k: int) -> dict:
     params, light, sky, grid, psf, radius, kind, rng = draw_mock(k)
     signal, noise, inside = expected_light(grid, psf, light, sky, radius)
     bins = make_bins(grid, signal, noise, inside)
-    model = build_forward_model(grid, bins, psf, supersampling=TRUTH_SUPERSAMPLING)
+    model = build_forward_model(
+        grid, bins, psf, supersampling=TRUTH_SUPERSAMPLING, center_box=CENTER
+    )
     truth = jam_truth_bins(model, params, sky, jam_distances(sky, Z_D), light=light)
     cov = np.diag((STAT * truth) ** 2) + SYS**2 * np.outer(truth, truth)
     data_v = rng.multivariate_normal(truth, cov)
@@ -166,7 +172,9 @@ def d_d_posterior(emu: Emulator, mock: dict, paper: bool, n_beta=33, n_cosi=25):
         params, fit_light = paper_box_params(params, light)
     else:
         fit_light = light
-    model = build_forward_model(data.grid, data.bin_map, data.psf, supersampling=FIT_SUPERSAMPLING)
+    model = build_forward_model(
+        data.grid, data.bin_map, data.psf, supersampling=FIT_SUPERSAMPLING, center_box=CENTER
+    )
     sky_fid = mock["sky"]._replace(D_dt=FIDUCIAL.D_dt, D_d=FIDUCIAL.D_d)
     field = field_from_quadrant(emu.vrms_quadrant, emu.vrms_at)
 
@@ -209,7 +217,9 @@ def d_d_posterior(emu: Emulator, mock: dict, paper: bool, n_beta=33, n_cosi=25):
 def truth_convergence(mock: dict, supersampling: int = 11) -> float:
     """Largest change of the JAM-truth bins from TRUTH_SUPERSAMPLING to ``supersampling``."""
     data: KinematicData = mock["data"]
-    model = build_forward_model(data.grid, data.bin_map, data.psf, supersampling=supersampling)
+    model = build_forward_model(
+        data.grid, data.bin_map, data.psf, supersampling=supersampling, center_box=CENTER
+    )
     fine = jam_truth_bins(
         model, mock["params"], mock["sky"], jam_distances(mock["sky"], Z_D), light=mock["light"]
     )
@@ -220,7 +230,9 @@ def prediction_at_truth(emu: Emulator, mock: dict) -> np.ndarray:
     """The emulator's binned v_rms (two components by linearity) at the true parameters and
     distances, to compare per bin with JAM run on the combined MGE of both components."""
     data: KinematicData = mock["data"]
-    model = build_forward_model(data.grid, data.bin_map, data.psf, supersampling=FIT_SUPERSAMPLING)
+    model = build_forward_model(
+        data.grid, data.bin_map, data.psf, supersampling=FIT_SUPERSAMPLING, center_box=CENTER
+    )
     field = field_from_quadrant(emu.vrms_quadrant, emu.vrms_at)
     pred = predict_binned_vrms_components(
         model, field, jnp.asarray(mock["params"]), mock["light"], mock["sky"], Z_D

@@ -245,8 +245,8 @@ def factorise_checkpoint(
         "constants": {"rows": rows, "core": core, "cols": cols},
     }
     params_val, vrms_val, _ = load_maps(val_data, n_val)
-    dense = predict(Emulator(config, variables), params_val)
-    factorised = predict(Emulator(new_config, new_variables), params_val)
+    dense = predict(Emulator(config, variables, metadata), params_val)
+    factorised = predict(Emulator(new_config, new_variables, metadata), params_val)
     _, to_dense = full_map_errors(factorised, dense)
     _, dense_err = full_map_errors(dense, vrms_val)
     _, factorised_err = full_map_errors(factorised, vrms_val)

@@ -400,23 +400,17 @@ def power_law_mge(gamma: float, r_core: float) -> MGE:
         raise ValueError(f"r_core = {r_core} arcsec must be finite and >= 0")
     low = max(SINGULAR_SIGMA_MIN_ARCSEC, r_core / 20.0)
     radii = np.geomspace(low, MASS_FIT_RANGE_ARCSEC[1], int(40 * np.log10(200.0 / low)) + 1)
-    profile = lambda r: power_law_shape(r, gamma, r_core)  # noqa: E731
-    values = profile(radii)
-    check = _real_check_radii()
-    best = None
-    for per_decade in MASS_GAUSSIANS_PER_DECADE:
-        sigma = np.geomspace(low, MASS_SIGMA_MAX_ARCSEC, int(per_decade * np.log10(300 / low)) + 1)
-        peak = nnls_amplitudes(radii, values, sigma)
-        keep = peak > 0
-        mge = MGE(peak[keep], sigma[keep], max_relative_error((peak, sigma), profile, check))
-        if best is None or mge.max_rel_error < best.max_rel_error:
-            best = mge
-        if mge.max_rel_error <= MAX_REL_ERROR:
-            return mge
-    raise MGEFitError(
-        f"MGE of the power law (gamma={gamma:.4g}, r_core={r_core:.4g}) misses its profile by "
-        f"{best.max_rel_error:.3%} over {REAL_CHECK_RANGE_ARCSEC} arcsec "
-        f"(allowed {MAX_REL_ERROR:.1%})"
+    candidates = [
+        np.geomspace(low, MASS_SIGMA_MAX_ARCSEC, int(per_decade * np.log10(300 / low)) + 1)
+        for per_decade in MASS_GAUSSIANS_PER_DECADE
+    ]
+    return _checked_fit(
+        radii,
+        lambda r: power_law_shape(r, gamma, r_core),
+        candidates,
+        f"power law (gamma={gamma:.4g}, r_core={r_core:.4g})",
+        _real_check_radii(),
+        direct_fallback=False,
     )
 
 

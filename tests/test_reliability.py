@@ -1,0 +1,274 @@
+"""The reliability suite (issue 21): hostile and careless input, one test per reproducer.
+
+Categories: silent wrong results (checkpoint resolution, non-finite weights, checksum coverage,
+bad input under jit, data containers), lost or overwritten work (train export, fit-mock results,
+generate's lock, temporaries, workers and shard size), and late or raw failures (every CLI
+argument and config checked before work, one line per error, exit code 2, no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from skinn_jax.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+    seal_checkpoint,
+    weights_sha256,
+)
+from skinn_jax.emulator import Emulator, checkpoint_dir, resolve_checkpoint
+from skinn_jax.networks import NetworkConfig, make_network
+from skinn_jax.params import PAPER_SPACE, REAL_LENS_SPACE
+
+P = np.array(PAPER_SPACE.typical)
+TINY = NetworkConfig(
+    kind="cips",
+    n_basis=8,
+    mapping_width=32,
+    mapping_depth=2,
+    generator_width=32,
+    embedding_shape=(16, 5, 4),
+)
+
+
+def _tiny_variables(seed: int = 0) -> dict:
+    net = make_network(TINY)
+    variables = net.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8)), jnp.zeros(2), jnp.zeros(2))
+    variables = jax.tree_util.tree_map(np.array, variables)
+    variables["params"]["mapping"][f"Dense_{TINY.mapping_depth}"]["bias"][0] = 1.5
+    return variables
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ck") / "tiny"
+    return save_checkpoint(path, TINY, _tiny_variables(), {"note": "tiny"})
+
+
+@pytest.fixture(scope="module")
+def tiny_emu(tiny_checkpoint) -> Emulator:
+    return Emulator.load(tiny_checkpoint)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_metadata(path: Path, **changes) -> None:
+    meta = json.loads((path / "metadata.json").read_text())
+    meta.update(changes)
+    (path / "metadata.json").write_text(json.dumps(meta))
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. a bare name is a shipped checkpoint, never a folder of the working directory
+
+
+def test_bare_name_never_loads_a_folder_of_the_working_directory(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    default = (checkpoint_dir() / "DEFAULT").read_text().strip()
+    _copy(tiny_checkpoint, tmp_path / default)
+    _copy(tiny_checkpoint, tmp_path / "cips")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_checkpoint(None) == checkpoint_dir() / default
+    assert resolve_checkpoint("default") == checkpoint_dir() / default
+    assert resolve_checkpoint("cips") == checkpoint_dir() / "cips"
+    shipped = Emulator.load()
+    assert shipped.config.n_basis == 64 and shipped.metadata.get("note") is None
+    # a path is given as a path
+    assert Emulator.load(f"./{default}").metadata["note"] == "tiny"
+    assert Emulator.load(Path("cips")).metadata["note"] == "tiny"
+    assert resolve_checkpoint(str(tmp_path / "cips")) == tmp_path / "cips"
+
+
+def test_unknown_name_lists_shipped_and_hints_at_the_path(tiny_checkpoint, tmp_path, monkeypatch):
+    _copy(tiny_checkpoint, tmp_path / "mine")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"shipped checkpoint.*'\./mine'"):
+        resolve_checkpoint("mine")
+    with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
+        resolve_checkpoint("./does-not-exist")
+    with pytest.raises(FileNotFoundError, match="shipped"):
+        resolve_checkpoint(".")
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. non-finite weights are neither exported nor loaded; training configs are checked at load
+
+
+def test_non_finite_weights_are_not_exported(tmp_path):
+    variables = _tiny_variables()
+    variables["params"]["mapping"]["Dense_0"]["kernel"][0, :3] = np.nan
+    with pytest.raises(ValueError, match=r"refusing to export .*3 non-finite weights"):
+        save_checkpoint(tmp_path / "nan", TINY, variables, {})
+    assert not (tmp_path / "nan").exists() and not (tmp_path / "nan.tmp").exists()
+
+
+def test_non_finite_weights_are_not_loaded(tiny_checkpoint, tmp_path):
+    import orbax.checkpoint as ocp
+
+    path = _copy(tiny_checkpoint, tmp_path / "nan")
+    _, variables, _ = load_checkpoint(path)
+    variables["params"]["mapping"]["Dense_1"]["bias"][:] = np.nan
+    shutil.rmtree(path / "weights")
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save((path / "weights").resolve(), variables)
+    checkpointer.wait_until_finished()
+    meta = json.loads((path / "metadata.json").read_text())
+    meta["weights_sha256"] = weights_sha256(variables)
+    (path / "metadata.json").write_text(json.dumps(meta))
+    seal_checkpoint(path)  # checksums consistent: only the values are wrong
+    with pytest.raises(CheckpointError, match=r"32 non-finite weights .*Dense_1"):
+        Emulator.load(path)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("learning_rate", math.nan, "learning_rate = nan: must be a finite number > 0"),
+        ("learning_rate", 0.0, "learning_rate = 0: must be a finite number > 0"),
+        ("batch_maps", 0, "batch_maps = 0: must be an integer >= 1"),
+        ("batch_pixels", 0, "batch_pixels = 0: must be an integer >= 1"),
+        ("n_val", 0, "n_val = 0: must be an integer >= 1"),
+        ("checkpoint_every", 0, "checkpoint_every = 0: must be an integer >= 1"),
+        ("eval_every", 0, "eval_every = 0: must be an integer >= 1"),
+        ("steps", 2.5, "steps = 2.5: must be an integer"),
+        ("ema_decay", 1.0, "ema_decay = 1: must be a finite number >= 0 and < 1"),
+    ],
+)
+def test_training_config_is_checked_at_load(tmp_path, key, value, message):
+    from skinn_jax.training.train import TrainConfig
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({key: value}))  # NaN is written as the JSON extension NaN
+    with pytest.raises(ValueError, match=message) as err:
+        TrainConfig.from_file(path)
+    assert str(path) in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. the checksum covers everything that changes the output
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("network", {**TINY.to_dict(), "target": "v"}),
+        ("network", {**TINY.to_dict(), "generator_depth": 3}),
+        ("param_space", "real-lens"),
+        ("weights_sha256", "0" * 64),
+    ],
+)
+def test_edited_metadata_fails_its_checksum(tiny_checkpoint, tmp_path, field, value):
+    path = _copy(tiny_checkpoint, tmp_path / "edited")
+    _edit_metadata(path, **{field: value})
+    with pytest.raises(CheckpointError):
+        Emulator.load(path)
+
+
+def test_network_edit_u_to_v_names_the_config_checksum(tiny_checkpoint, tmp_path):
+    path = _copy(tiny_checkpoint, tmp_path / "edited")
+    _edit_metadata(path, network={**TINY.to_dict(), "target": "v"})
+    with pytest.raises(CheckpointError, match="does not match its config_sha256"):
+        read_metadata(path)
+
+
+def test_missing_config_checksum_is_refused_until_sealed(tiny_checkpoint, tmp_path):
+    path = _copy(tiny_checkpoint, tmp_path / "old")
+    meta = json.loads((path / "metadata.json").read_text())
+    del meta["config_sha256"]
+    (path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="no config_sha256.*seal_checkpoint"):
+        Emulator.load(path)
+    seal_checkpoint(path)
+    assert Emulator.load(path).metadata["note"] == "tiny"
+
+
+def test_info_cannot_override_the_checkpoints_own_fields(tmp_path):
+    info = {"weights_sha256": "0" * 64, "config_sha256": "1" * 64, "format_version": 7}
+    path = save_checkpoint(tmp_path / "ck", TINY, _tiny_variables(), info)
+    meta = read_metadata(path)
+    assert meta["format_version"] == 1 and meta["weights_sha256"] != "0" * 64
+
+
+@pytest.mark.parametrize("name", ["cips", "pca64", "pca64s"])
+def test_shipped_checkpoints_carry_a_valid_config_checksum(name):
+    meta = read_metadata(checkpoint_dir() / name)
+    assert len(meta["config_sha256"]) == 64
+
+
+def test_format_version_as_a_string_is_explained(tiny_checkpoint, tmp_path):
+    path = _copy(tiny_checkpoint, tmp_path / "string")
+    _edit_metadata(path, format_version="1")
+    with pytest.raises(CheckpointError, match=r"format_version '1' \(str\).*1 \(an integer\)"):
+        read_metadata(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. under jit, points outside the field and parameters outside the box are NaN
+
+
+@pytest.mark.parametrize("x", [5.6, 6.0, 8.0, 20.0, 100.0, -7.0, math.nan, math.inf])
+def test_jit_vrms_at_outside_the_field_is_nan(tiny_emu, x):
+    f = jax.jit(tiny_emu.vrms_at)
+    xs = jnp.asarray([0.5, x, 0.5, 5.5])
+    ys = jnp.asarray([0.0, 0.0, x, -5.5])
+    v = np.asarray(f(jnp.asarray(P), xs, ys))
+    assert np.all(np.isfinite(v[[0, 3]])) and v[0] > 0
+    assert np.all(np.isnan(v[1:3]))
+    np.testing.assert_allclose(v[[0, 3]], tiny_emu.vrms_at(P, [0.5, 5.5], [0.0, -5.5]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("index, value", [(0, 5.0), (1, 3.0), (6, -0.9), (7, 20.0), (0, math.nan)])
+def test_jit_outside_the_box_is_nan(tiny_emu, index, value):
+    p = P.copy()
+    p[index] = value
+    v = jax.jit(tiny_emu.vrms_at)(jnp.asarray(p), jnp.asarray([0.0, 1.0]), jnp.zeros(2))
+    assert np.all(np.isnan(np.asarray(v)))
+    m = np.asarray(jax.jit(tiny_emu.vrms_map)(jnp.asarray(p)))
+    assert m.shape == (551, 551) and np.all(np.isnan(m))
+    batch = np.asarray(jax.jit(tiny_emu.vrms_map)(jnp.asarray(np.stack([P, p]))))
+    assert np.all(np.isfinite(batch[0])) and np.all(np.isnan(batch[1]))
+
+
+def test_jit_gradients_stay_finite_inside_and_next_to_bad_points(tiny_emu):
+    x = jnp.asarray([0.3, 2.0, 9.0, jnp.nan])
+
+    def total(p, x):
+        return jnp.nansum(tiny_emu.vrms_at(p, x, 0.5 * x))
+
+    g = jax.jit(jax.grad(total))(jnp.asarray(P), x)
+    assert np.all(np.isfinite(np.asarray(g))) and np.any(np.asarray(g) != 0)
+    p_out = P.copy()
+    p_out[0] = 5.0
+    g_out = jax.jit(jax.grad(total))(jnp.asarray(p_out), x)
+    assert np.all(np.isfinite(np.asarray(g_out)))
+
+
+@pytest.mark.parametrize("space", [PAPER_SPACE, REAL_LENS_SPACE])
+def test_traceable_box_mask_agrees_with_in_box(space):
+    rng = np.random.default_rng(5)
+    inside = space.sample(rng, 64)
+    low = np.array([space.box[n][0] for n in space.names])
+    high = np.array([space.box[n][1] for n in space.names])
+    outside = inside.copy()
+    k = rng.integers(0, space.n_params, len(outside))
+    rows = np.arange(len(outside))
+    outside[rows, k] = np.where(rng.random(len(outside)) < 0.5, low[k], high[k])
+    outside[rows, k] += np.where(outside[rows, k] == low[k], -0.1, 0.1) * (high[k] - low[k])
+    for p in (inside, outside):
+        mask = np.asarray(jax.jit(space.in_box_mask)(jnp.asarray(p)))
+        np.testing.assert_array_equal(mask, space.in_box(p))
+    assert np.all(space.in_box(inside)) and not np.any(space.in_box(outside))

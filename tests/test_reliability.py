@@ -272,3 +272,78 @@ def test_traceable_box_mask_agrees_with_in_box(space):
         mask = np.asarray(jax.jit(space.in_box_mask)(jnp.asarray(p)))
         np.testing.assert_array_equal(mask, space.in_box(p))
     assert np.all(space.in_box(inside)) and not np.any(space.in_box(outside))
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. data containers refuse impossible data
+
+
+def _kinematic_data(**overrides):
+    from skinn_jax.ifu import PSF, KinematicData, SpaxelGrid
+
+    kwargs = dict(
+        grid=SpaxelGrid.regular((4, 4), 0.05),
+        bin_map=np.arange(16).reshape(4, 4) // 4,
+        vrms=np.full(4, 200.0),
+        covariance=np.eye(4) * 100.0,
+        psf=PSF.gaussian(0.1),
+    )
+    kwargs.update(overrides)
+    return KinematicData(**kwargs)
+
+
+def test_negative_vrms_is_refused():
+    assert _kinematic_data().n_bins == 4
+    with pytest.raises(ValueError, match=r"vrms has negative values in bins \[2\]"):
+        _kinematic_data(vrms=np.array([200.0, 210.0, -5.0, 190.0]))
+
+
+@pytest.mark.parametrize("sigma", [[10.0, -10.0, 10.0, 10.0], [10.0, 0.0, 10.0, 10.0]])
+def test_non_positive_sigma_in_diagonal_is_refused(sigma):
+    from skinn_jax.ifu import PSF, KinematicData, SpaxelGrid
+
+    grid, bins = SpaxelGrid.regular((4, 4), 0.05), np.arange(16).reshape(4, 4) // 4
+    with pytest.raises(ValueError, match=r"sigma must be finite and > 0 .*bins \[1\]"):
+        KinematicData.diagonal(grid, bins, np.full(4, 200.0), np.array(sigma), PSF.none())
+
+
+def test_boolean_bin_map_is_refused():
+    with pytest.raises(ValueError, match="bin_map is boolean"):
+        _kinematic_data(bin_map=np.ones((4, 4), bool), vrms=np.array([200.0, 1.0]),
+                        covariance=np.eye(2))  # fmt: skip
+
+
+def test_psf_kernel_with_negative_entries_is_refused():
+    from skinn_jax.ifu import PSF
+
+    kernel = np.array([[0.0, -0.1, 0.0], [0.3, 0.5, 0.3], [0.0, 0.0, 0.0]])
+    assert kernel.sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"1 negative entries .*\[\[0, 1\]\]"):
+        PSF.pixelated(kernel, 1)
+
+
+@pytest.mark.parametrize("fwhm", [1e6, 12.0, math.inf])
+def test_huge_psf_is_refused_before_allocating(fwhm):
+    from skinn_jax.ifu import PSF
+
+    with pytest.raises(ValueError, match=r"PSF FWHM = .* must be a finite number in \[0, 11"):
+        PSF.gaussian(fwhm)
+
+
+def test_gaussian_kernel_size_is_bounded():
+    from skinn_jax.ifu import gaussian_kernel
+
+    assert gaussian_kernel(0.5, np.diag([0.05, 0.05]), 4).shape == (171, 171)
+    with pytest.raises(ValueError, match="limit 2001 x 2001"):
+        gaussian_kernel(10.0, np.diag([0.05, 0.05]), 10)
+
+
+def test_time_delay_distance_below_d_d_is_refused():
+    from skinn_jax.forward import SkyParams, build_forward_model, check_sky_params
+    from skinn_jax.ifu import PSF, SpaxelGrid
+
+    grid = SpaxelGrid.regular((21, 21), 0.1)
+    model = build_forward_model(grid, np.zeros(grid.shape, int), PSF.gaussian(0.1))
+    check_sky_params(model, SkyParams(0.3, 0.0, 0.0, 2886.5, 1215.7))
+    with pytest.raises(ValueError, match=r"D_dt = 1215.7 Mpc < D_d = 2886.5 Mpc"):
+        check_sky_params(model, SkyParams(0.3, 0.0, 0.0, 1215.7, 2886.5))

@@ -102,7 +102,7 @@ def resolve_checkpoint(name_or_path: str | Path | None) -> Path:
     if _looks_like_path(name_or_path):
         path = Path(name_or_path).expanduser()
         if not path.is_dir():
-            raise FileNotFoundError(f"no checkpoint directory {str(path)!r}")
+            raise FileNotFoundError(f"no checkpoint directory {str(name_or_path)!r}")
         return path
     shipped = checkpoint_dir() / str(name_or_path)
     if str(name_or_path) not in (".", "..") and shipped.is_dir():
@@ -166,7 +166,7 @@ class Emulator:
         """Whether each parameter vector (..., P) lies in the training box (bool, ``p.shape[:-1]``).
 
         Raises ValueError only for a wrong shape; non-finite values are simply outside."""
-        return self.space.in_box(np.asarray(p))
+        return self.space.in_box(p)
 
     # -- building blocks ----------------------------------------------------------------------
 
@@ -198,7 +198,7 @@ class Emulator:
 
     def _check(self, p, x=None, y=None):
         if _is_concrete(p):
-            self.space.validate(np.asarray(p))
+            self.space.validate(p)  # not np.asarray(p): a dict must reach its own message
         for name, c in (("x", x), ("y", y)):
             if c is not None and _is_concrete(c):
                 c = np.asarray(c)

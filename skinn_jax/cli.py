@@ -449,6 +449,22 @@ def _run_fit_mock(args) -> int:
     import os
     import time
 
+    from skinn_jax.emulator import resolve_checkpoint
+
+    t0 = time.perf_counter()
+    builtin = args.system is None
+    k, params_source = (0, "builtin") if builtin else (args.system, args.params_source)
+    label = "builtin" if builtin else str(k)
+    out = args.out or Path("runs") / "fit-mock" / f"{label}-{args.mode}"
+    # every check before JAX is configured (and before any work)
+    _check_out_dir(out)
+    settings = _fit_mock_settings(args)
+    if args.mode != "lensing":
+        try:
+            resolve_checkpoint(args.checkpoint)
+        except FileNotFoundError as err:
+            raise UsageError(f"argument --checkpoint: {err}") from None
+
     # one host device per chain, before JAX starts its backend (parallel chains on CPU)
     import numpyro
 
@@ -458,7 +474,6 @@ def _run_fit_mock(args) -> int:
 
     jax.config.update("jax_enable_x64", True)
 
-    from skinn_jax.emulator import resolve_checkpoint
     from skinn_jax.inference.fit import fit
     from skinn_jax.inference.mock_system import describe, make_mock_system, plot_mock_system
     from skinn_jax.inference.model import (
@@ -469,18 +484,6 @@ def _run_fit_mock(args) -> int:
         truth_values,
     )
 
-    t0 = time.perf_counter()
-    builtin = args.system is None
-    k, params_source = (0, "builtin") if builtin else (args.system, args.params_source)
-    label = "builtin" if builtin else str(k)
-    out = args.out or Path("runs") / "fit-mock" / f"{label}-{args.mode}"
-    _check_out_dir(out)
-    settings = _fit_mock_settings(args)
-    if args.mode != "lensing":
-        try:
-            resolve_checkpoint(args.checkpoint)
-        except FileNotFoundError as err:
-            raise UsageError(f"argument --checkpoint: {err}") from None
     out.mkdir(parents=True, exist_ok=True)
     print(
         f"skinn-jax fit-mock: system {label}, mode {args.mode}, out {out}; "

@@ -347,3 +347,340 @@ def test_time_delay_distance_below_d_d_is_refused():
     check_sky_params(model, SkyParams(0.3, 0.0, 0.0, 2886.5, 1215.7))
     with pytest.raises(ValueError, match=r"D_dt = 1215.7 Mpc < D_d = 2886.5 Mpc"):
         check_sky_params(model, SkyParams(0.3, 0.0, 0.0, 1215.7, 2886.5))
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. train: export only a finished run (or when asked), never over a checkpoint without --overwrite
+
+COARSE_FLAGS = ["--n-radii", "12", "--n-angles", "4"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    from skinn_jax.training.generate import generate
+    from skinn_jax.training.jam import JamSettings
+
+    root = tmp_path_factory.mktemp("data")
+    coarse = JamSettings(n_radii=12, n_angles=4)
+    generate(root / "train", 4, seed=21, workers=1, shard_size=2, settings=coarse, progress=False)
+    generate(root / "val", 2, seed=22, workers=1, shard_size=2, settings=coarse, progress=False)
+    return root
+
+
+def _train_config(data: Path, out: Path, export: Path, steps: int = 4):
+    from skinn_jax.training.train import TrainConfig
+
+    return TrainConfig(
+        train_data=str(data / "train"), val_data=str(data / "val"), n_val=2, network=TINY,
+        steps=steps, batch_maps=2, batch_pixels=64, warmup_steps=1, checkpoint_every=2,
+        eval_every=2, out=str(out), export=str(export),
+    )  # fmt: skip
+
+
+def test_train_never_overwrites_a_checkpoint_and_exports_only_when_finished(
+    data, tiny_checkpoint, tmp_path
+):
+    from skinn_jax.training.train import train
+
+    export = _copy(tiny_checkpoint, tmp_path / "cips")  # e.g. a shipped checkpoint
+    before = (export / "metadata.json").read_text()
+    cfg = _train_config(data, tmp_path / "run", export)
+    partial = train(cfg, progress=False, max_steps_this_run=2)
+    assert partial["finished"] is False and partial["exported"] is None
+    assert (export / "metadata.json").read_text() == before
+    with pytest.raises(ValueError, match="already exists.*--overwrite"):
+        train(cfg, progress=False)
+    assert (export / "metadata.json").read_text() == before
+    done = train(cfg, progress=False, overwrite=True)
+    assert done["finished"] is True and done["exported"] == str(export)
+    meta = read_metadata(export)
+    assert meta["training"]["finished"] is True and meta["training"]["steps"] == 4
+
+
+def test_train_exports_an_unfinished_run_only_when_asked(data, tmp_path):
+    from skinn_jax.training.train import train
+
+    cfg = _train_config(data, tmp_path / "run", tmp_path / "export", steps=6)
+    train(cfg, progress=False, max_steps_this_run=2)
+    assert not (tmp_path / "export").exists()
+    result = train(cfg, progress=False, max_steps_this_run=1, export_unfinished=True)
+    assert result["exported"] and read_metadata(tmp_path / "export")["training"]["steps"] == 3
+
+
+def test_train_cli_refuses_an_existing_export_before_any_work(tiny_checkpoint, tmp_path, capsys):
+    export = _copy(tiny_checkpoint, tmp_path / "cips")
+    config = tmp_path / "config.json"
+    run = tmp_path / "run"
+    config.write_text(json.dumps({"out": str(run), "export": str(export), "train_data": "none"}))
+    rc, err = _cli(capsys, "train", "--config", str(config))
+    assert rc == 2 and "already exists" in err and "--overwrite" in err
+    assert not run.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. fit-mock never deletes a finished fit made with other inputs
+
+
+def _finished_fit(out: Path, fingerprint: str) -> None:
+    from skinn_jax.inference.fit import FINAL_FILES, STATE_FILE
+
+    out.mkdir(parents=True)
+    for name in FINAL_FILES:
+        (out / name).write_text("result")
+    (out / STATE_FILE).write_text(json.dumps({"fingerprint": fingerprint, "phase": "complete"}))
+
+
+def test_fit_with_other_inputs_keeps_the_finished_result(tmp_path):
+    from skinn_jax.inference.fit import FINAL_FILES, OutputExistsError, prepare_out_dir
+
+    out = tmp_path / "fit"
+    _finished_fit(out, "aaa")
+    with pytest.raises(OutputExistsError, match=r"finished fit with other inputs.*--out.*--force"):
+        prepare_out_dir(out, "bbb", force=False, quiet=True)
+    assert all((out / name).read_text() == "result" for name in FINAL_FILES)
+    assert prepare_out_dir(out, "aaa", force=False, quiet=True)["phase"] == "complete"
+    assert prepare_out_dir(out, "bbb", force=True, quiet=True) == {}
+    assert not any((out / name).exists() for name in FINAL_FILES)
+
+
+def test_fit_keeps_an_interrupted_fit_with_other_inputs(tmp_path):
+    from skinn_jax.inference.fit import STATE_FILE, OutputExistsError, prepare_out_dir
+
+    out = tmp_path / "fit"
+    out.mkdir()
+    (out / "map.npz").write_bytes(b"x")
+    (out / STATE_FILE).write_text(json.dumps({"fingerprint": "aaa", "phase": "map"}))
+    with pytest.raises(OutputExistsError, match="interrupted fit"):
+        prepare_out_dir(out, "bbb", force=False, quiet=True)
+    assert (out / "map.npz").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# 8-11. generate: a lock, only its own temporaries, workers die with it, shard size from --n
+
+
+def _generate(out: Path, n: int = 2, seed: int = 11, **kw):
+    from skinn_jax.training.generate import generate
+    from skinn_jax.training.jam import JamSettings
+
+    kw.setdefault("workers", 1)
+    settings = JamSettings(n_radii=12, n_angles=4)
+    return generate(out, n, seed=seed, settings=settings, progress=False, **kw)
+
+
+def test_generate_refuses_a_directory_another_run_holds(tmp_path):
+    from skinn_jax.training.generate import directory_lock
+
+    out = tmp_path / "ds"
+    out.mkdir()
+    with directory_lock(out):
+        with pytest.raises(ValueError, match=r"being written by another skinn-jax generate"):
+            _generate(out)
+    assert not (out / "manifest.json").exists()
+    assert _generate(out).n_maps == 2  # released
+
+
+def test_two_concurrent_generate_runs_into_one_directory(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ds"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "skinn_jax.cli",
+                "generate",
+                "--n",
+                "2",
+                "--seed",
+                str(seed),
+                "--out",
+                str(out),
+                "--workers",
+                "1",
+                *COARSE_FLAGS,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for seed in (1, 2)
+    ]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert sorted(rc for rc, _ in results) == [0, 2], results
+    loser = next(err for rc, err in results if rc == 2)
+    assert "being written by another" in loser or "generated with" in loser
+    winner_seed = 1 if results[0][0] == 0 else 2
+    from skinn_jax.training.generate import DataSet, map_params
+
+    ds = DataSet(out)
+    assert ds.manifest["seed"] == winner_seed
+    np.testing.assert_array_equal(ds.load(("params",))["params"][1], map_params(winner_seed, 1))
+
+
+def test_generate_deletes_only_its_own_temporaries(tmp_path):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "notes.tmp").write_text("mine")
+    (out / "shard_00000.npz.tmp").write_bytes(b"half-written")
+    (out / "manifest.json.tmp").write_text("{")
+    _generate(out, shard_size=2)
+    assert (out / "notes.tmp").read_text() == "mine"
+    assert not (out / "manifest.json.tmp").exists()
+    assert not (out / "shard_00000.npz.tmp").exists() and (out / "shard_00000.npz").exists()
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_generate_workers_die_with_the_main_process(tmp_path, sig):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "skinn_jax.cli", "generate", "--n", "400", "--seed", "3",
+           "--out", str(out), "--workers", "2", "--shard-size", "200"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    main = psutil.Process(proc.pid)
+    deadline = time.time() + 120
+    children = []
+    while time.time() < deadline and len(children) < 3:  # 2 workers + the resource tracker
+        children = main.children(recursive=True)
+        time.sleep(0.2)
+    assert len(children) >= 2, children
+    time.sleep(1.0)  # the workers are computing
+    os.kill(proc.pid, getattr(signal, sig))
+    proc.wait(timeout=30)
+    _, alive = psutil.wait_procs(children, timeout=20)
+    for child in alive:  # clean up before failing
+        child.kill()
+    assert not alive, [c.cmdline() for c in alive]
+
+
+def test_default_shard_size_keeps_a_kill_cheap(tmp_path):
+    from skinn_jax.training.generate import default_shard_size
+
+    assert default_shard_size(40, 1) == 10 and default_shard_size(40, 2) == 5
+    assert default_shard_size(3, 8) == 1 and default_shard_size(100_000, 2) == 50
+    out = tmp_path / "ds"
+    ds = _generate(out, n=4, workers=1)
+    assert ds.manifest["shard_size"] == 1 and ds.complete_shards == [0, 1, 2, 3]
+    # resuming with other workers keeps the data set's shard size
+    assert _generate(out, n=5, workers=2).manifest["shard_size"] == 1
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (json.dumps({"name": "somebody else's"}), "not a skinn-jax data-set manifest"),
+        ("{broken", "is corrupt"),
+    ],
+)
+def test_foreign_or_corrupt_manifest_is_named(tmp_path, content, message):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "manifest.json").write_text(content)
+    with pytest.raises(ValueError, match=message) as err:
+        _generate(out)
+    assert str(out / "manifest.json") in str(err.value)
+    assert (out / "manifest.json").read_text() == content
+
+
+# ----------------------------------------------------------------------------------------------
+# late or raw failures: every argument checked before work, one line, exit code 2
+
+
+def _cli(capsys, *argv) -> tuple[int, str]:
+    from skinn_jax.cli import main
+
+    try:
+        rc = main(list(argv))
+    except SystemExit as exc:
+        rc = exc.code
+    err = capsys.readouterr().err
+    return rc, err
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["fit-mock", "--chunks", "0"], "argument --chunks: 0: must be an integer >= 1"),
+        (["fit-mock", "--chains", "0"], "argument --chains: 0: must be an integer >= 1"),
+        (["fit-mock", "--samples", "10", "--chunks", "20"], "must be <= the number of draws"),
+        (["fit-mock", "--seed", "-3"], "argument --seed: -3: must be an integer >= 0"),
+        (["generate", "--n", "4", "--seed", "1", "--out", "X", "--n-angles", "1"],
+         "argument --n-angles: 1: must be an integer >= 3"),
+        (["generate", "--n", "4", "--seed", "1", "--out", "X", "--n-radii", "0"],
+         "argument --n-radii: 0: must be an integer >= 4"),
+        (["generate", "--n", "4", "--seed", "-1", "--out", "X"],
+         "argument --seed: -1: must be an integer >= 0"),
+        (["generate", "--n", "4", "--seed", "1", "--out", "X", "--workers", "-1"],
+         "argument --workers: -1: must be an integer >= 1"),
+        (["generate", "--n", "four", "--seed", "1", "--out", "X"],
+         "argument --n: 'four' is not an integer"),
+        (["train", "--config", "c.json", "--max-steps", "0"],
+         "argument --max-steps: 0: must be an integer >= 1"),
+        (["train-baseline", "--learning-rate", "nan"],
+         "argument --learning-rate: nan: must be a finite number > 0"),
+        (["evaluate", "--n", "0"], "argument --n: 0: must be an integer >= 1"),
+        (["evaluate", "does-not-exist"], "argument emulators: no checkpoint 'does-not-exist'"),
+        (["jam-map", "--params", "5", "2", "0.8", "0.75", "0.9", "3.5", "0.1", "70"],
+         "argument --params: theta_E = 5 is outside the allowed range [0.5, 2]"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_are_one_line_exit_2(tmp_path, monkeypatch, capsys, argv, expected):
+    monkeypatch.chdir(tmp_path)
+    rc, err = _cli(capsys, *argv)
+    assert rc == 2
+    assert expected in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "X").exists() and not (tmp_path / "runs").exists()
+
+
+def test_out_that_is_a_file_or_under_a_file_is_one_line(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for out, message in ((a_file, "is a file"), (a_file / "sub", "is not a writable directory")):
+        rc, err = _cli(capsys, "generate", "--n", "2", "--seed", "1", "--out", str(out))
+        assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
+        rc, err = _cli(capsys, "fit-mock", "--out", str(out))
+        assert rc == 2 and message in err and "Traceback" not in err
+
+
+def test_evaluate_checks_the_test_set_before_loading(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc, err = _cli(capsys, "evaluate", "cips", "--test", "nowhere")
+    assert rc == 2 and "nowhere is not a data set" in err
+
+
+def test_os_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    from skinn_jax.cli import main
+
+    rc, err = _cli(capsys, "factorise-basis", "./missing", "--export", str(tmp_path / "x"))
+    assert rc == 2 and "no checkpoint directory './missing'" in err
+    assert len(err.strip().splitlines()) == 1
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "factorise-basis", "./missing", "--export", str(tmp_path / "x")])
+
+
+@pytest.mark.parametrize("bad", [{"theta_E": 1.2}, P.astype(complex) + 1e-3j])
+def test_dict_or_complex_parameters_are_a_clear_value_error(tiny_emu, bad):
+    with pytest.raises(ValueError, match="got a dict|must be real numbers"):
+        tiny_emu.vrms_map(bad)
+    with pytest.raises(ValueError, match="got a dict|must be real numbers"):
+        tiny_emu.vrms_at(bad, 0.0, 0.0)
+
+
+def test_grid_features_first_called_inside_jit_and_the_docs_say_so(tiny_checkpoint):
+    emu = Emulator.load(tiny_checkpoint)
+    first = jax.jit(lambda p: emu.vrms_map(p)[275, 275])(jnp.asarray(P))
+    second = jax.jit(lambda p: emu.vrms_map(p)[270, 275])(jnp.asarray(P))
+    assert np.isfinite(float(first)) and np.isfinite(float(second))
+    assert not isinstance(emu.grid_features(), jax.core.Tracer)
+    text = (Path(__file__).parents[1] / "docs" / "forward_model.md").read_text()
+    assert "UnexpectedTracerError" not in text and "traced values are not checked" not in text

@@ -23,7 +23,6 @@ from skinn_jax.checkpoint import (
     load_checkpoint,
     read_metadata,
     save_checkpoint,
-    seal_checkpoint,
     weights_sha256,
 )
 from skinn_jax.emulator import Emulator, checkpoint_dir, resolve_checkpoint
@@ -119,6 +118,8 @@ def test_non_finite_weights_are_not_exported(tmp_path):
 def test_non_finite_weights_are_not_loaded(tiny_checkpoint, tmp_path):
     import orbax.checkpoint as ocp
 
+    from skinn_jax.checkpoint import seal_checkpoint
+
     path = _copy(tiny_checkpoint, tmp_path / "nan")
     _, variables, _ = load_checkpoint(path)
     variables["params"]["mapping"]["Dense_1"]["bias"][:] = np.nan
@@ -186,6 +187,8 @@ def test_network_edit_u_to_v_names_the_config_checksum(tiny_checkpoint, tmp_path
 
 
 def test_missing_config_checksum_is_refused_until_sealed(tiny_checkpoint, tmp_path):
+    from skinn_jax.checkpoint import seal_checkpoint
+
     path = _copy(tiny_checkpoint, tmp_path / "old")
     meta = json.loads((path / "metadata.json").read_text())
     del meta["config_sha256"]

@@ -352,6 +352,26 @@ def test_time_delay_distance_below_d_d_is_refused():
         check_sky_params(model, SkyParams(0.3, 0.0, 0.0, 1215.7, 2886.5))
 
 
+def test_the_likelihood_refuses_d_dt_below_d_d_unless_the_model_allows_it():
+    from skinn_jax.forward import SkyParams
+    from skinn_jax.ifu import PSF, KinematicData, SpaxelGrid
+    from skinn_jax.likelihood import KinematicLikelihood
+
+    grid = SpaxelGrid.regular((11, 11), 0.1)
+    bins = np.where(np.arange(121).reshape(11, 11) % 2 == 0, 0, 1)
+    data = KinematicData.diagonal(grid, bins, np.array([200.0, 210.0]), np.full(2, 10.0),
+                                  PSF.gaussian(0.1))  # fmt: skip
+
+    def field(p, x, y):
+        return 200.0 + 0.0 * x
+
+    swapped = SkyParams(0.3, 0.0, 0.0, 1215.7, 2886.5)
+    with pytest.raises(ValueError, match="D_dt = 1215.7 Mpc < D_d"):
+        KinematicLikelihood(data, field, supersampling=1)(P, swapped)
+    prior_draw = KinematicLikelihood(data, field, supersampling=1, physical_distances=False)
+    assert np.isfinite(float(prior_draw(P, swapped)))
+
+
 # ----------------------------------------------------------------------------------------------
 # 6. train: export only a finished run (or when asked), never over a checkpoint without --overwrite
 
@@ -687,23 +707,3 @@ def test_grid_features_first_called_inside_jit_and_the_docs_say_so(tiny_checkpoi
     assert not isinstance(emu.grid_features(), jax.core.Tracer)
     text = (Path(__file__).parents[1] / "docs" / "forward_model.md").read_text()
     assert "UnexpectedTracerError" not in text and "traced values are not checked" not in text
-
-
-def test_the_likelihood_refuses_d_dt_below_d_d_unless_the_model_allows_it():
-    from skinn_jax.forward import SkyParams
-    from skinn_jax.ifu import PSF, KinematicData, SpaxelGrid
-    from skinn_jax.likelihood import KinematicLikelihood
-
-    grid = SpaxelGrid.regular((11, 11), 0.1)
-    bins = np.where(np.arange(121).reshape(11, 11) % 2 == 0, 0, 1)
-    data = KinematicData.diagonal(grid, bins, np.array([200.0, 210.0]), np.full(2, 10.0),
-                                  PSF.gaussian(0.1))  # fmt: skip
-
-    def field(p, x, y):
-        return 200.0 + 0.0 * x
-
-    swapped = SkyParams(0.3, 0.0, 0.0, 1215.7, 2886.5)
-    with pytest.raises(ValueError, match="D_dt = 1215.7 Mpc < D_d"):
-        KinematicLikelihood(data, field, supersampling=1)(P, swapped)
-    prior_draw = KinematicLikelihood(data, field, supersampling=1, physical_distances=False)
-    assert np.isfinite(float(prior_draw(P, swapped)))

@@ -430,6 +430,21 @@ def test_train_exports_an_unfinished_run_only_when_asked(data, tmp_path):
     assert result["exported"] and read_metadata(tmp_path / "export")["training"]["steps"] == 3
 
 
+def test_a_diverging_run_stops_without_checkpointing_or_exporting(data, tmp_path):
+    from dataclasses import replace
+
+    from skinn_jax.training.train import train
+
+    cfg = replace(_train_config(data, tmp_path / "run", tmp_path / "export"), learning_rate=1e30)
+    with pytest.raises(ValueError, match=r"training diverged at step (\d+)") as err:
+        train(cfg, progress=False)
+    diverged = int(err.value.args[0].split("step ")[1].split(":")[0])
+    assert not (tmp_path / "export").exists()
+    orbax = tmp_path / "run" / "orbax"
+    saved = [int(p.name) for p in orbax.iterdir() if p.name.isdigit()] if orbax.exists() else []
+    assert all(step < diverged for step in saved), (saved, diverged)
+
+
 def test_train_cli_refuses_an_existing_export_before_any_work(tiny_checkpoint, tmp_path, capsys):
     export = _copy(tiny_checkpoint, tmp_path / "cips")
     config = tmp_path / "config.json"

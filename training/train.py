@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from skinn_jax.checkpoint import save_checkpoint
+from skinn_jax.checkpoint import non_finite_weights, save_checkpoint
 from skinn_jax.checks import check_float, check_int
 from skinn_jax.grid import QUADRANT_SIZE, full_map_weights, quadrant_coordinates
 from skinn_jax.networks import (
@@ -379,7 +379,8 @@ def train(
 
     Raises:
         ValueError: ``cfg.export`` exists and ``overwrite`` is False; a run directory holding
-            another configuration; non-finite weights at export.
+            another configuration; a non-finite loss (the run stops there, before checkpointing
+            it); non-finite weights at export.
     """
     import orbax.checkpoint as ocp
     from tqdm import tqdm
@@ -459,8 +460,10 @@ def train(
         v_true = jax.device_put(v_true, batch_sharding)
         state, loss = train_step(state, consts, p, sampler.x[pix], sampler.y[pix], v_true)
         losses.append(float(loss))
-        bar.update()
         done = step + 1
+        if not np.isfinite(losses[-1]):  # stop before a non-finite state is checkpointed
+            _stop_diverged(done, f"loss {losses[-1]}", cfg, out, bar, log_file, manager)
+        bar.update()
         if done % cfg.eval_every == 0 or done == cfg.steps:
             summary = validation_summary(net, state, consts, cfg, params_val, vrms_val)
             writer.writerow(
@@ -482,6 +485,10 @@ def train(
             writer.writerow([done, np.mean(losses[-100:]), "", "", ""])
         if done % cfg.checkpoint_every == 0 or done == stop:
             log_file.flush()
+            bad = non_finite_weights(state["params"])
+            if bad:
+                _stop_diverged(done, f"{sum(bad.values())} non-finite weights", cfg, out, bar,
+                               log_file, manager)  # fmt: skip
             manager.save(done, args=ocp.args.StandardSave(state))
             manager.wait_until_finished()
             run_info["cpu_seconds"] += time.process_time() - t_cpu
@@ -535,6 +542,16 @@ def train(
             "when it finishes (or now with --export-unfinished)"
         )
     return result
+
+
+def _stop_diverged(step: int, what: str, cfg: TrainConfig, out: Path, *open_things) -> None:
+    """Close the bar, the log and the checkpoint manager, then raise ``ValueError``."""
+    for thing in open_things:
+        thing.close()
+    raise ValueError(
+        f"training diverged at step {step}: {what} (learning_rate = {cfg.learning_rate:g}); "
+        f"nothing was exported, and {out} resumes from its last finite checkpoint"
+    )
 
 
 def check_export_target(export: str | Path, overwrite: bool) -> None:

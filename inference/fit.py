@@ -24,7 +24,9 @@
 
 A fit that is killed restarts from its last checkpoint when run again with the same inputs (the
 fingerprint of system, mode, settings, priors and emulator weights is stored in
-``fit_state.json``); with different inputs it clearly starts again (and says so). Results are
+``fit_state.json``). A directory holding a fit with different inputs, finished or not, is never
+cleared without ``force``: :func:`fit` raises :class:`OutputExistsError` saying how to proceed
+(another output directory, or ``force``). Results are
 written only when the sampling has finished: nothing partial is ever reported as final.
 Diagnostics (split R-hat, bulk/tail ESS from ArviZ, divergent transitions) are always reported;
 a fit that misses the thresholds of :class:`FitSettings` is marked ``"converged": false`` in the
@@ -561,6 +563,32 @@ def _save_state(out_dir: Path, state: dict) -> None:
     _atomic_write_text(out_dir / STATE_FILE, json.dumps(state, indent=1, default=_json_default))
 
 
+class OutputExistsError(ValueError):
+    """The output directory holds a fit with other inputs (kept unless ``force``)."""
+
+
+def prepare_out_dir(out_dir: Path, fp: str, force: bool, quiet: bool = False) -> dict:
+    """The saved state to continue from in ``out_dir`` (empty: start afresh).
+
+    Same fingerprint: the state (a finished fit is then loaded, an interrupted one resumed).
+    ``force``: everything the fit wrote is deleted. Another fingerprint without ``force``:
+    :class:`OutputExistsError`, and nothing is touched.
+    """
+    state = _load_state(out_dir)
+    if state and force:
+        _log(f"{out_dir}: --force: deleting the fit it holds and starting again", quiet)
+        _clear(out_dir)
+        return {}
+    if state and state.get("fingerprint") != fp:
+        what = "a finished fit" if state.get("phase") == "complete" else "an interrupted fit"
+        raise OutputExistsError(
+            f"{out_dir} holds {what} with other inputs (fingerprint {state.get('fingerprint')}, "
+            f"this one {fp}); it is kept: choose another output directory (--out DIR), or pass "
+            "--force to delete it and start again"
+        )
+    return state
+
+
 def _clear(out_dir: Path) -> None:
     for path in out_dir.iterdir():
         if path.is_file() and (
@@ -595,30 +623,21 @@ def fit(
         settings: the :class:`FitSettings`.
         meta: extra information stored in the report (system number, checkpoint, ...) and the
             fingerprint.
-        force: start again even if a complete fit with the same inputs exists.
+        force: delete what ``out_dir`` holds (a finished fit too) and start again.
         quiet: no messages or progress bars.
 
     Returns:
         The :class:`FitResult`.
+
+    Raises:
+        OutputExistsError: ``out_dir`` holds a fit with other inputs and ``force`` is False.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(meta or {})
     with jax.enable_x64(True):
         fp = fingerprint(data, setup, settings, meta)
-        state = _load_state(out_dir)
-        if state and state.get("fingerprint") != fp:
-            _log(
-                f"{out_dir}: holds a fit with other inputs (fingerprint "
-                f"{state.get('fingerprint')} != {fp}): starting again",
-                quiet,
-            )
-            _clear(out_dir)
-            state = {}
-        elif force and state:
-            _log(f"{out_dir}: --force: starting again", quiet)
-            _clear(out_dir)
-            state = {}
+        state = prepare_out_dir(out_dir, fp, force, quiet)
         if state.get("phase") == "complete" and all((out_dir / f).exists() for f in FINAL_FILES):
             _log(f"{out_dir}: this fit is already complete; loading its results", quiet)
             return load_result(out_dir)

@@ -577,8 +577,14 @@ def build_setup(
         if field is None:
             emu = emulator if emulator is not None else load_emulator(checkpoint)
             field = emulator_field(emu)
+        # the distance boxes (paper Table 2) include D_dt < D_d, which numpyro's initial trace
+        # evaluates with concrete prior draws: those are in the prior, not an input error
         kinematics = KinematicLikelihood(
-            data.kinematics, field, supersampling=supersampling, center_box=priors.center_box()
+            data.kinematics,
+            field,
+            supersampling=supersampling,
+            center_box=priors.center_box(),
+            physical_distances=False,
         )
         if isinstance(field, EmulatorField):
             # the same field, restricted to this forward model's sub-pixels (faster gradient)

@@ -42,6 +42,7 @@ import dataclasses
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,7 @@ def run_fits(args) -> dict:
     """Fit every system in every mode (or load complete fits). Returns ``{k: {mode: result}}``."""
     import jax
 
-    from .fit import default_settings, fit, load_result
+    from .fit import OutputExistsError, default_settings, fit, load_result
     from .mock_system import make_mock_system, plot_mock_system
     from .model import SystemData, load_emulator, truth_values
 
@@ -140,7 +141,8 @@ def run_fits(args) -> dict:
                 # report on the fit as it was made (its own model version and settings)
                 result = load_result(Path(args.out) / str(k) / mode)
             else:
-                result = fit(
+                fit_k = partial(
+                    fit,
                     data,
                     setup,
                     Path(args.out) / str(k) / mode,
@@ -157,6 +159,12 @@ def run_fits(args) -> dict:
                         else None,
                     },
                 )
+                try:
+                    result = fit_k()
+                except OutputExistsError:
+                    if not args.replace_changed:
+                        raise
+                    result = fit_k(force=True)  # only fits whose inputs changed get here
             results[k][mode] = {
                 "result": result,
                 "setup": setup,
@@ -467,6 +475,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reweight-draws", type=int, default=200)
     parser.add_argument("--figures", type=Path, default=None, help="e.g. docs/figures")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--replace-changed",
+        action="store_true",
+        help="refit (deleting them) the fits in --out made with other inputs; without it such a "
+        "fit stops the run and is kept",
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",

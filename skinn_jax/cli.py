@@ -11,6 +11,11 @@ Subcommands::
     skinn-jax evaluate  [NAME_OR_DIR ...] [--test data/test]          accuracy report in docs/
     skinn-jax fit-mock  [--system K] [--mode joint|lensing|kinematics] [--out DIR]
                         [--checkpoint PATH]             joint lensing + kinematics fit of a mock
+
+Every argument is checked before any work starts: a bad one is reported on one line naming the
+flag, the value and the rule, with exit code 2 and no traceback (``skinn-jax --debug ...`` shows
+the traceback of errors found later). A checkpoint is a shipped one by bare name (``cips``) or a
+directory given as a path (``./cips``, ``runs/x``).
 """
 
 from __future__ import annotations
@@ -22,19 +27,46 @@ from pathlib import Path
 
 import numpy as np
 
-from .params import PARAM_NAMES, PARAM_UNITS, TYPICAL_PARAMS, space_named
+from .checks import arg_float, arg_int
+from .params import PAPER_SPACE, PARAM_NAMES, PARAM_UNITS, TYPICAL_PARAMS, space_named
+
+MIN_RADII, MIN_ANGLES = 4, 3
+"""Smallest JAM polar grid: the cubic spline needs 4 radii, the mirrored angles 3 angles."""
+
+
+class UsageError(ValueError):
+    """A bad argument found after parsing (reported like argparse's errors, exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, reporting a bad argument on one line (flag, value, rule), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate a JAM data set (resumable)")
-    p.add_argument("--n", type=int, required=True, help="number of maps")
-    p.add_argument("--seed", type=int, required=True, help="data-set seed")
+    p.add_argument("--n", type=arg_int(1), required=True, help="number of maps (>= 1)")
+    p.add_argument("--seed", type=arg_int(0), required=True, help="data-set seed (>= 0)")
     p.add_argument("--out", type=Path, required=True, help="output directory, e.g. data/train")
-    p.add_argument("--workers", type=int, default=None, help="local processes (default: all cores)")
-    p.add_argument("--shard-size", type=int, default=50, help="maps per shard file")
+    p.add_argument(
+        "--workers", type=arg_int(1), default=None, help="local processes (default: all cores)"
+    )
+    p.add_argument(
+        "--shard-size",
+        type=arg_int(1),
+        default=None,
+        help="maps per shard file (default: the existing data set's, else at least 4 shards per "
+        "worker and at most 50 maps, so that a kill loses a minute or two per worker)",
+    )
     p.add_argument("--scheduler", default=None, help="dask.distributed scheduler address")
-    p.add_argument("--n-radii", type=int, default=None, help="JAM polar grid: radii")
-    p.add_argument("--n-angles", type=int, default=None, help="JAM polar grid: angles")
+    p.add_argument(
+        "--n-radii", type=arg_int(MIN_RADII), default=None, help="JAM polar grid: radii (>= 4)"
+    )
+    p.add_argument(
+        "--n-angles", type=arg_int(MIN_ANGLES), default=None, help="JAM polar grid: angles (>= 3)"
+    )
     p.add_argument(
         "--space",
         choices=("paper", "real-lens"),
@@ -47,9 +79,10 @@ def _run_generate(args) -> int:
     from skinn_jax.training.generate import generate
     from skinn_jax.training.jam import DEFAULT_SETTINGS, JamSettings
 
+    _check_out_dir(args.out)
     settings = JamSettings(
-        n_radii=args.n_radii or DEFAULT_SETTINGS.n_radii,
-        n_angles=args.n_angles or DEFAULT_SETTINGS.n_angles,
+        n_radii=DEFAULT_SETTINGS.n_radii if args.n_radii is None else args.n_radii,
+        n_angles=DEFAULT_SETTINGS.n_angles if args.n_angles is None else args.n_angles,
     )
     ds = generate(
         args.out,
@@ -86,6 +119,32 @@ def _add_jam_map(sub) -> None:
     p.add_argument("--npy", type=Path, default=None, help="also save the 551x551 map (.npy)")
 
 
+def _check_params_flag(params) -> np.ndarray:
+    try:
+        return PAPER_SPACE.validate(np.asarray(params))
+    except ValueError as err:
+        raise UsageError(f"argument --params: {err}") from None
+
+
+def _check_file_target(path: Path | None, flag: str) -> None:
+    """A file to write: its directory must exist and it must not be a directory."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"argument {flag}: {path} is a directory, not a file")
+    if not path.parent.is_dir():
+        raise UsageError(f"argument {flag}: directory {path.parent} does not exist")
+
+
+def _check_out_dir(path: Path, flag: str = "--out") -> None:
+    from .checks import writable_directory
+
+    try:
+        writable_directory(path, flag)
+    except ValueError as err:
+        raise UsageError(f"argument {err}") from None
+
+
 def _run_jam_map(args) -> int:
     import matplotlib
 
@@ -96,6 +155,9 @@ def _run_jam_map(args) -> int:
     from skinn_jax.grid import HALF_WIDTH_ARCSEC, mirror_quadrant
     from skinn_jax.training.jam import jam_quadrant
 
+    _check_params_flag(args.params)
+    _check_file_target(args.out, "--out")
+    _check_file_target(args.npy, "--npy")
     with tqdm(total=2, desc="JAM map", unit="step") as bar:
         jam = jam_quadrant(np.asarray(args.params))
         bar.update()
@@ -128,16 +190,37 @@ def _add_train(sub) -> None:
     p.add_argument("--config", type=Path, required=True, help="JSON training config")
     p.add_argument(
         "--max-steps",
-        type=int,
+        type=arg_int(1),
         default=None,
         help="stop after this many steps in this invocation (resume later)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing checkpoint at the config's `export` path",
+    )
+    p.add_argument(
+        "--export-unfinished",
+        action="store_true",
+        help="export even if the run stops before its last step (default: only a finished run "
+        "is exported)",
     )
 
 
 def _run_train(args) -> int:
-    from skinn_jax.training.train import TrainConfig, train
+    from skinn_jax.training.train import TrainConfig, check_export_target, train
 
-    result = train(TrainConfig.from_file(args.config), max_steps_this_run=args.max_steps)
+    if not args.config.is_file():
+        raise UsageError(f"argument --config: {args.config} is not a file")
+    cfg = TrainConfig.from_file(args.config)
+    if cfg.export and (args.max_steps is None or args.export_unfinished):
+        check_export_target(cfg.export, args.overwrite)  # a run that will export: check now
+    result = train(
+        cfg,
+        max_steps_this_run=args.max_steps,
+        overwrite=args.overwrite,
+        export_unfinished=args.export_unfinished,
+    )
     print(json.dumps(result, indent=1))
     return 0
 
@@ -146,14 +229,21 @@ def _add_baseline(sub) -> None:
     p = sub.add_parser("train-baseline", help="train the PCA + MLP baseline emulator")
     p.add_argument("--train", default="data/train")
     p.add_argument("--val", default="data/val")
-    p.add_argument("--n-train", type=int, default=None)
-    p.add_argument("--components", type=int, default=40)
-    p.add_argument("--steps", type=int, default=20000)
-    p.add_argument("--batch", type=int, default=256, help="maps per step")
-    p.add_argument("--width", type=int, default=256, help="coefficient-MLP width")
-    p.add_argument("--depth", type=int, default=4, help="coefficient-MLP hidden layers")
-    p.add_argument("--learning-rate", type=float, default=2e-3, help="peak learning rate")
-    p.add_argument("--pca-maps", type=int, default=6000, help="maps used to fit the PCA basis")
+    p.add_argument("--n-train", type=arg_int(1), default=None)
+    p.add_argument("--components", type=arg_int(1), default=40)
+    p.add_argument("--steps", type=arg_int(1), default=20000)
+    p.add_argument("--batch", type=arg_int(1), default=256, help="maps per step")
+    p.add_argument("--width", type=arg_int(1), default=256, help="coefficient-MLP width")
+    p.add_argument("--depth", type=arg_int(1), default=4, help="coefficient-MLP hidden layers")
+    p.add_argument(
+        "--learning-rate",
+        type=arg_float(0.0, open_min=True),
+        default=2e-3,
+        help="peak learning rate",
+    )
+    p.add_argument(
+        "--pca-maps", type=arg_int(1), default=6000, help="maps used to fit the PCA basis"
+    )
     p.add_argument(
         "--target",
         default="u",
@@ -168,13 +258,13 @@ def _add_baseline(sub) -> None:
     )
     p.add_argument(
         "--negative-scale",
-        type=float,
+        type=arg_float(0.0),
         default=0.0,
         help="compress negative signed targets u to e tanh(u/e) (0: off)",
     )
     p.add_argument(
         "--basis-rank",
-        type=int,
+        type=arg_int(0, 276),
         default=0,
         help="factorise the exported basis to this rank (0: dense; see factorise-basis)",
     )
@@ -192,10 +282,12 @@ def _add_factorise(sub) -> None:
         "factorise-basis", help="re-export a dense PCA checkpoint with a factorised basis"
     )
     p.add_argument("source", help="dense pca checkpoint: shipped name or directory")
-    p.add_argument("--rank", type=int, default=80, help="rank of the row and column factors")
+    p.add_argument(
+        "--rank", type=arg_int(1, 276), default=80, help="rank of the row and column factors"
+    )
     p.add_argument("--export", required=True, help="output checkpoint directory")
     p.add_argument("--val", default="data/val", help="validation set for the error report")
-    p.add_argument("--n-val", type=int, default=200)
+    p.add_argument("--n-val", type=arg_int(1), default=200)
 
 
 def _run_factorise(args) -> int:
@@ -203,6 +295,7 @@ def _run_factorise(args) -> int:
     from skinn_jax.training.baseline import factorise_checkpoint
 
     source = resolve_checkpoint(args.source)
+    _check_data_set(args.val, "--val")
     report = factorise_checkpoint(str(source), args.rank, args.export, args.val, args.n_val)
     print(json.dumps(report, indent=1))
     return 0
@@ -242,7 +335,7 @@ def _add_evaluate(sub) -> None:
         help="shipped checkpoint names or checkpoint directories",
     )
     p.add_argument("--test", default="data/test")
-    p.add_argument("--n", type=int, default=None, help="first N test maps (default all)")
+    p.add_argument("--n", type=arg_int(1), default=None, help="first N test maps (default all)")
     p.add_argument("--docs", type=Path, default=Path("docs"))
     p.add_argument(
         "--record",
@@ -251,9 +344,24 @@ def _add_evaluate(sub) -> None:
     )
 
 
+def _check_data_set(path, flag: str) -> None:
+    if not (Path(path) / "manifest.json").is_file():
+        raise UsageError(
+            f"argument {flag}: {path} is not a data set (no manifest.json); make it with "
+            "`skinn-jax generate`"
+        )
+
+
 def _run_evaluate(args) -> int:
+    from skinn_jax.emulator import resolve_checkpoint
     from skinn_jax.training.evaluate import evaluate
 
+    for name in args.emulators:  # every checkpoint before the test set and any work
+        try:
+            resolve_checkpoint(name)
+        except FileNotFoundError as err:
+            raise UsageError(f"argument emulators: {err}") from None
+    _check_data_set(args.test, "--test")
     results = evaluate(args.emulators, args.test, args.n, args.docs, record=args.record)
     print(json.dumps(results, indent=1))
     return 0
@@ -266,7 +374,7 @@ def _add_fit_mock(sub) -> None:
     )
     p.add_argument(
         "--system",
-        type=int,
+        type=arg_int(0),
         default=None,
         help="study mock system K (default: the built-in system, a typical lens independent of "
         "any data set; see skinn_jax.inference.mock_system.BUILTIN_PARAMS)",
@@ -276,12 +384,14 @@ def _add_fit_mock(sub) -> None:
         "--out",
         type=Path,
         default=None,
-        help="output directory (default runs/fit-mock/builtin-MODE or runs/fit-mock/K-MODE)",
+        help="output directory (default runs/fit-mock/builtin-MODE or runs/fit-mock/K-MODE); "
+        "a finished fit with other inputs there is never replaced without --force",
     )
     p.add_argument(
         "--checkpoint",
         default=None,
-        help="emulator checkpoint name or directory (default: shipped)",
+        help="shipped emulator checkpoint by name (cips), or a directory given as a path "
+        "(./cips, runs/x); default: the shipped default",
     )
     p.add_argument(
         "--params-source",
@@ -291,46 +401,32 @@ def _add_fit_mock(sub) -> None:
         "draw in the box (auto: the test set if present)",
     )
     p.add_argument("--test-set", type=Path, default=Path("data/test"))
-    p.add_argument("--warmup", type=int, default=None, help="NUTS warm-up iterations per chain")
-    p.add_argument("--samples", type=int, default=None, help="posterior draws per chain")
-    p.add_argument("--chains", type=int, default=2, help="number of chains (default 2)")
-    p.add_argument("--chunks", type=int, default=None, help="checkpointed sampling chunks")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="start again even if complete")
+    p.add_argument(
+        "--warmup", type=arg_int(1), default=None, help="NUTS warm-up iterations per chain"
+    )
+    p.add_argument("--samples", type=arg_int(1), default=None, help="posterior draws per chain")
+    p.add_argument("--chains", type=arg_int(1), default=2, help="number of chains (default 2)")
+    p.add_argument(
+        "--chunks",
+        type=arg_int(1),
+        default=None,
+        help="checkpointed sampling chunks (1 to the number of draws)",
+    )
+    p.add_argument("--seed", type=arg_int(0), default=0)
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="delete what --out holds (a finished fit too) and start again",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _run_fit_mock(args) -> int:
-    import os
-    import time
-
-    # one host device per chain, before JAX starts its backend (parallel chains on CPU)
-    import numpyro
-
-    numpyro.set_host_device_count(max(args.chains, 1))
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
-
+def _fit_mock_settings(args):
+    """The :class:`FitSettings` of the flags, checked (before any work)."""
     import dataclasses
 
-    from skinn_jax.inference.fit import default_settings, fit
-    from skinn_jax.inference.mock_system import describe, make_mock_system, plot_mock_system
-    from skinn_jax.inference.model import (
-        SystemData,
-        build_setup,
-        load_emulator,
-        solver_start_from_truth,
-        truth_values,
-    )
+    from skinn_jax.inference.fit import default_settings
 
-    t0 = time.perf_counter()
-    builtin = args.system is None
-    k, params_source = (0, "builtin") if builtin else (args.system, args.params_source)
-    label = "builtin" if builtin else str(k)
-    out = args.out or Path("runs") / "fit-mock" / f"{label}-{args.mode}"
-    out.mkdir(parents=True, exist_ok=True)
     settings = default_settings(args.mode)
     changes = {"num_chains": args.chains, "seed": args.seed, "progress_bar": not args.no_progress}
     for name, value in (
@@ -341,6 +437,54 @@ def _run_fit_mock(args) -> int:
         if value is not None:
             changes[name] = value
     settings = dataclasses.replace(settings, **changes)
+    if settings.sample_chunks > settings.num_samples:
+        raise UsageError(
+            f"argument --chunks: {settings.sample_chunks} chunks of {settings.num_samples} draws: "
+            f"must be <= the number of draws (--samples)"
+        )
+    return settings
+
+
+def _run_fit_mock(args) -> int:
+    import os
+    import time
+
+    from skinn_jax.emulator import resolve_checkpoint
+
+    t0 = time.perf_counter()
+    builtin = args.system is None
+    k, params_source = (0, "builtin") if builtin else (args.system, args.params_source)
+    label = "builtin" if builtin else str(k)
+    out = args.out or Path("runs") / "fit-mock" / f"{label}-{args.mode}"
+    # every check before JAX is configured (and before any work)
+    _check_out_dir(out)
+    settings = _fit_mock_settings(args)
+    if args.mode != "lensing":
+        try:
+            resolve_checkpoint(args.checkpoint)
+        except FileNotFoundError as err:
+            raise UsageError(f"argument --checkpoint: {err}") from None
+
+    # one host device per chain, before JAX starts its backend (parallel chains on CPU)
+    import numpyro
+
+    numpyro.set_host_device_count(max(args.chains, 1))
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+    from skinn_jax.inference.fit import fit
+    from skinn_jax.inference.mock_system import describe, make_mock_system, plot_mock_system
+    from skinn_jax.inference.model import (
+        SystemData,
+        build_setup,
+        load_emulator,
+        solver_start_from_truth,
+        truth_values,
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
     print(
         f"skinn-jax fit-mock: system {label}, mode {args.mode}, out {out}; "
         f"{settings.num_chains} chains x ({settings.num_warmup} warm-up + {settings.num_samples} "
@@ -371,7 +515,16 @@ def _run_fit_mock(args) -> int:
         "checkpoint": checkpoint_label,
         "weights_sha256": (emulator.metadata.get("weights_sha256") if emulator else None),
     }
-    result = fit(data, setup, out, init_values=truths, truths=truths, settings=settings, meta=meta)
+    result = fit(
+        data,
+        setup,
+        out,
+        init_values=truths,
+        truths=truths,
+        settings=settings,
+        meta=meta,
+        force=args.force,
+    )
     print((out / "summary.md").read_text())
     diag = result.report["diagnostics"]
     wall = time.perf_counter() - t0
@@ -398,7 +551,10 @@ def _run_mge_table(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="skinn-jax", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="skinn-jax", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (before the command)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_jam_map(sub)
     _add_generate(sub)
@@ -423,10 +579,15 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate": _run_evaluate,
         "fit-mock": _run_fit_mock,
     }
+    from .checkpoint import CheckpointError
+
     try:
         return commands[args.command](args)
-    except ValueError as err:
-        print(f"skinn-jax {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, CheckpointError) as err:
+        if args.debug:
+            raise
+        message = " ".join(str(err).split())  # one line
+        print(f"skinn-jax {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -10,10 +10,22 @@
 Everything works under ``jax.jit``, ``jax.vmap`` and ``jax.grad``. Called eagerly (with concrete
 arrays), the methods validate the parameters (``ValueError`` naming the parameter, its value and
 range) and the coordinates (the emulator's field is |x|, |y| <= 5.5 arcsec).
+
+Traced values (inside ``jax.jit``, ``vmap``, ``grad``) cannot raise. There the methods return NaN
+instead of a number the emulator cannot vouch for: ``vrms_at`` at a point outside the field or with
+a non-finite coordinate, and every output (point or map) of a parameter vector outside the
+training box or non-finite (:meth:`~skinn_jax.params.ParamSpace.in_box_mask`: the box of
+:meth:`Emulator.in_box` with each face widened by 0.1 % of its range, so that finite-difference
+steps at a face still get numbers). NaN propagates into a likelihood, so a
+sampler rejects the step instead of using an extrapolation. Gradients stay finite wherever the
+value is finite (the masked inputs are replaced by safe ones before the network sees them). To
+find *which* input was bad inside a jitted function, call the same function eagerly on the
+offending values: it raises the ``ValueError`` with the name, value and range.
 """
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -55,27 +67,52 @@ def checkpoint_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "checkpoints"  # running from a checkout
 
 
+def _looks_like_path(name_or_path: str | Path) -> bool:
+    """A :class:`~pathlib.Path`, or a string with a directory separator or starting with ``~``."""
+    if isinstance(name_or_path, Path):
+        return True
+    text = str(name_or_path)
+    separators = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
+    return text.startswith("~") or any(sep in text for sep in separators)
+
+
+def shipped_checkpoints() -> list[str]:
+    """Names of the checkpoints shipped with the package."""
+    root = checkpoint_dir()
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
 def resolve_checkpoint(name_or_path: str | Path | None) -> Path:
-    """A shipped checkpoint by name (``"default"``, ``"cips"``, ``"pca"``) or a directory path."""
+    """The checkpoint directory meant by ``name_or_path``.
+
+    * ``None`` or ``"default"``: the shipped default (named in ``checkpoints/DEFAULT``).
+    * a bare name (a string without a directory separator, e.g. ``"cips"``): a shipped
+      checkpoint, never a directory of that name in the working directory;
+    * a path (a :class:`~pathlib.Path`, or a string containing ``/`` or starting with ``~``,
+      e.g. ``"./cips"`` or ``"runs/cips"``): that directory.
+
+    Raises:
+        FileNotFoundError: no such shipped checkpoint, or no such directory.
+    """
     if name_or_path is None or str(name_or_path) == "default":
         default_file = checkpoint_dir() / DEFAULT_FILE
         if not default_file.exists():
             raise FileNotFoundError(f"no default checkpoint: {default_file} is missing")
         name_or_path = default_file.read_text().strip()
-    candidate = Path(name_or_path)
-    if candidate.is_dir():
-        return candidate
+    if _looks_like_path(name_or_path):
+        path = Path(name_or_path).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"no checkpoint directory {str(name_or_path)!r}")
+        return path
     shipped = checkpoint_dir() / str(name_or_path)
-    if shipped.is_dir():
+    if str(name_or_path) not in (".", "..") and shipped.is_dir():
         return shipped
-    available = (
-        sorted(p.name for p in checkpoint_dir().iterdir() if p.is_dir())
-        if (checkpoint_dir().is_dir())
-        else []
-    )
+    hint = ""
+    if Path(name_or_path).is_dir():
+        hint = f"; to load the directory of that name give it as a path: './{name_or_path}'"
     raise FileNotFoundError(
-        f"no checkpoint {name_or_path!r}: not a directory, and not one of the shipped "
-        f"checkpoints {available}"
+        f"no checkpoint {str(name_or_path)!r}: a bare name means a shipped checkpoint, one of "
+        f"{shipped_checkpoints()}{hint}"
     )
 
 
@@ -104,7 +141,10 @@ class Emulator:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Emulator:
-        """Load a checkpoint: the shipped default, a shipped one by name, or a directory."""
+        """Load a checkpoint: the shipped default (``None``), a shipped one by bare name
+        (``"cips"``), or a directory given as a path (``Path(...)``, ``"./cips"``, ``"runs/x"``);
+        see :func:`resolve_checkpoint`. A bare name never loads a folder of the working
+        directory."""
         config, variables, metadata = load_checkpoint(resolve_checkpoint(path))
         return cls(config, variables, metadata)
 
@@ -126,7 +166,7 @@ class Emulator:
         """Whether each parameter vector (..., P) lies in the training box (bool, ``p.shape[:-1]``).
 
         Raises ValueError only for a wrong shape; non-finite values are simply outside."""
-        return self.space.in_box(np.asarray(p))
+        return self.space.in_box(p)
 
     # -- building blocks ----------------------------------------------------------------------
 
@@ -150,9 +190,15 @@ class Emulator:
         scale = velocity_scale(p).reshape(p.shape[:-1] + extra)
         return scale * relative_velocity(out, self.config.target)
 
+    def _safe_params(self, p):
+        """``(p with out-of-box rows replaced by the typical lens, in-box mask)``, traceable."""
+        ok = self.space.in_box_mask(p)
+        typical = jnp.asarray(self.space.typical, p.dtype)
+        return jnp.where(ok[..., None], p, typical), ok
+
     def _check(self, p, x=None, y=None):
         if _is_concrete(p):
-            self.space.validate(np.asarray(p))
+            self.space.validate(p)  # not np.asarray(p): a dict must reach its own message
         for name, c in (("x", x), ("y", y)):
             if c is not None and _is_concrete(c):
                 c = np.asarray(c)
@@ -177,16 +223,30 @@ class Emulator:
 
         Returns:
             shape S for p of shape (P,), (B, *S) for p of shape (B, P).
+
+        Raises:
+            ValueError: (concrete inputs only) parameters outside the training box or not
+                finite; a coordinate outside |x|, |y| <= 5.5 arcsec or not finite.
+
+        Under ``jax.jit`` (traced inputs) nothing raises: points outside the field or with a
+        non-finite coordinate are NaN, and so is every point of a parameter vector outside the
+        box (see the module docstring).
         """
         self._check(p, x, y)
         p = jnp.asarray(p, jnp.result_type(float))
         x, y = jnp.broadcast_arrays(jnp.asarray(x, p.dtype), jnp.asarray(y, p.dtype))
+        limit = HALF_WIDTH_ARCSEC + FIELD_TOLERANCE_ARCSEC
+        in_field = (jnp.abs(x) <= limit) & (jnp.abs(y) <= limit)  # False for NaN
+        x, y = jnp.where(in_field, x, 0.0), jnp.where(in_field, y, 0.0)
+        p, in_box = self._safe_params(p)
         style = self.style(p)  # (..., K+1)
         u = self._point_net.apply(
             self._point_variables, style.reshape(-1, style.shape[-1]), x, y, method="values_at"
         )
         u = u.reshape(p.shape[:-1] + x.shape)
-        return self.velocity_from_output(p, u, jnp.hypot(x, y))
+        v = self.velocity_from_output(p, u, jnp.hypot(x, y))
+        ok = in_box.reshape(in_box.shape + (1,) * x.ndim) & in_field
+        return jnp.where(ok, v, jnp.nan)
 
     def grid_features(self):
         """Features on the 276 x 276 quadrant grid, (276 * 276, K + 1), computed once."""
@@ -200,19 +260,25 @@ class Emulator:
         return self._grid_features
 
     def vrms_quadrant(self, p):
-        """v_rms (km/s) on the quadrant ``[:276, :276]``: (P,) -> (276, 276), (B, P) -> (B, ...)."""
+        """v_rms (km/s) on the quadrant ``[:276, :276]``: (P,) -> (276, 276), (B, P) -> (B, ...).
+
+        Concrete parameters outside the box raise ``ValueError``; traced ones give a NaN map."""
         self._check(p)
         p = jnp.asarray(p, jnp.result_type(float))
+        p, in_box = self._safe_params(p)
         style = self.style(p)
         if self._factorised:
             u = self._net.apply(self.variables, style, method="quadrant")
         else:
             u = style @ self.grid_features().T.astype(style.dtype)
             u = u.reshape(p.shape[:-1] + (QUADRANT_SIZE, QUADRANT_SIZE))
-        return self.velocity_from_output(p, u, _QUADRANT_RADIUS)
+        v = self.velocity_from_output(p, u, _QUADRANT_RADIUS)
+        return jnp.where(in_box[..., None, None], v, jnp.nan)
 
     def vrms_map(self, p):
-        """Full 551 x 551 v_rms map (km/s): (P,) -> (551, 551), (B, P) -> (B, 551, 551)."""
+        """Full 551 x 551 v_rms map (km/s): (P,) -> (551, 551), (B, P) -> (B, 551, 551).
+
+        Concrete parameters outside the box raise ``ValueError``; traced ones give a NaN map."""
         quadrant = self.vrms_quadrant(p)
         flat = quadrant.reshape(quadrant.shape[:-2] + (QUADRANT_SIZE * QUADRANT_SIZE,))
         return jnp.take(flat, _MIRROR_INDEX, axis=-1)  # one gather instead of two flips

@@ -641,12 +641,15 @@ def field_from_quadrant(
     return field
 
 
-def check_sky_params(model: ForwardModel, sky: SkyParams) -> None:
+def check_sky_params(model: ForwardModel, sky: SkyParams, *, physical: bool = True) -> None:
     """Eager checks of concrete sky parameters (skipped for traced values).
 
+    ``physical=False`` skips the ``D_dt >= D_d`` rule, for a probabilistic model whose distance
+    prior (independent boxes) includes unphysical pairs that it evaluates at its prior draws.
+
     Raises:
-        ValueError: a non-finite value, non-positive distances, or a centre outside
-            ``model.center_box`` (where the field of view is not guaranteed).
+        ValueError: a non-finite value, non-positive distances, ``D_dt < D_d``, or a centre
+            outside ``model.center_box`` (where the field of view is not guaranteed).
     """
     if any(isinstance(v, jax.core.Tracer) for v in sky):
         return
@@ -659,6 +662,11 @@ def check_sky_params(model: ForwardModel, sky: SkyParams) -> None:
     for name in ("D_dt", "D_d"):
         if np.any(values[name] <= 0):
             raise ValueError(f"sky parameter {name} = {values[name]} Mpc must be > 0")
+    if physical and np.any(values["D_dt"] < values["D_d"]):
+        raise ValueError(
+            f"sky parameters D_dt = {values['D_dt']} Mpc < D_d = {values['D_d']} Mpc: "
+            "D_dt = (1 + z_d) D_d D_s / D_ds is never below D_d (swapped arguments?)"
+        )
     box = model.center_box
     cx, cy = values["center_x"], values["center_y"]
     if np.any(cx < box.x_min) or np.any(cx > box.x_max):

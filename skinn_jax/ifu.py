@@ -51,6 +51,10 @@ FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 """FWHM of a Gaussian in units of its standard deviation."""
 
 _KERNEL_SUM_TOL = 1e-6
+MAX_FWHM_ARCSEC = 11.0
+"""Largest Gaussian PSF FWHM accepted: the width of the emulator's field (|x|, |y| <= 5.5")."""
+MAX_KERNEL_SIZE = 2001
+"""Largest side (sub-pixels) of a Gaussian PSF kernel (2001² float64 = 32 MB)."""
 _COVARIANCE_SYMMETRY_RTOL = 1e-10
 
 
@@ -209,9 +213,10 @@ class PSF:
         truncation: Gaussian kernel half-width in units of sigma.
 
     Raises:
-        ValueError: both or neither of ``fwhm`` and ``kernel``; a negative or non-finite FWHM; a
-            kernel that is not 2-D, has an even size, is not finite, or does not sum to one; a
-            missing or invalid supersampling factor.
+        ValueError: both or neither of ``fwhm`` and ``kernel``; a FWHM that is negative,
+            non-finite or above :data:`MAX_FWHM_ARCSEC`; a kernel that is not 2-D, has an even
+            size, is not finite, has negative entries, or does not sum to one; a missing or
+            invalid supersampling factor.
     """
 
     fwhm: float | None = None
@@ -225,8 +230,11 @@ class PSF:
         if not (np.isfinite(self.truncation) and self.truncation > 0):
             raise ValueError(f"PSF.truncation must be a positive number, got {self.truncation}")
         if self.fwhm is not None:
-            if not (np.isfinite(self.fwhm) and self.fwhm >= 0):
-                raise ValueError(f"PSF FWHM must be a finite number >= 0 arcsec, got {self.fwhm}")
+            if not (np.isfinite(self.fwhm) and 0 <= self.fwhm <= MAX_FWHM_ARCSEC):
+                raise ValueError(
+                    f"PSF FWHM = {self.fwhm} arcsec: must be a finite number in "
+                    f"[0, {MAX_FWHM_ARCSEC}] arcsec (the width of the emulator's field)"
+                )
             object.__setattr__(self, "fwhm", float(self.fwhm))
             return
         kernel = np.asarray(self.kernel, dtype=float)
@@ -239,6 +247,12 @@ class PSF:
             )
         if not np.all(np.isfinite(kernel)):
             raise ValueError("PSF kernel contains non-finite values")
+        if np.any(kernel < 0):
+            where = np.argwhere(kernel < 0)[:5].tolist()
+            raise ValueError(
+                f"PSF kernel has {int(np.sum(kernel < 0))} negative entries (e.g. at {where}, "
+                f"minimum {kernel.min():.3g}): a PSF is a non-negative weight"
+            )
         total = float(kernel.sum())
         if abs(total - 1.0) > _KERNEL_SUM_TOL:
             raise ValueError(
@@ -288,13 +302,22 @@ def gaussian_kernel(
 
     Returns:
         Kernel of shape ``(2h + 1, 2h + 1)``, float64, summing to one.
+
+    Raises:
+        ValueError: a kernel side above :data:`MAX_KERNEL_SIZE` sub-pixels.
     """
     if fwhm == 0:
         return np.ones((1, 1))
     sigma = fwhm / FWHM_PER_SIGMA
     sub = np.asarray(pix2angle, dtype=float) / supersampling
     step = min(np.linalg.norm(sub[:, 0]), np.linalg.norm(sub[:, 1]))
-    half = int(math.ceil(truncation * sigma / step))
+    half = math.ceil(truncation * sigma / step)
+    if 2 * half + 1 > MAX_KERNEL_SIZE:
+        raise ValueError(
+            f"a Gaussian PSF of FWHM {fwhm} arcsec truncated at {truncation} sigma needs a "
+            f"{2 * half + 1} x {2 * half + 1} kernel of {step:.3g}-arcsec sub-pixels, above the "
+            f"limit {MAX_KERNEL_SIZE} x {MAX_KERNEL_SIZE}: use a smaller FWHM or supersampling"
+        )
     offsets = np.arange(-half, half + 1)
     du, dv = np.meshgrid(offsets, offsets, indexing="ij")
     dx = sub[0, 0] * dv + sub[0, 1] * du
@@ -340,9 +363,10 @@ class KinematicData:
         cholesky: lower Cholesky factor of ``covariance`` (computed at construction).
 
     Raises:
-        ValueError: a bin map that does not match the grid or is not integer; a bin index with no
-            data or a bin with no spaxel; data or covariance of the wrong shape, non-finite, or
-            (covariance) not symmetric positive definite; an invalid ``z_d``.
+        ValueError: a bin map that does not match the grid or is not integer (boolean included);
+            a bin index with no data or a bin with no spaxel; data or covariance of the wrong
+            shape or non-finite; negative v_rms; a covariance that is not symmetric positive
+            definite; an invalid ``z_d``.
     """
 
     grid: SpaxelGrid
@@ -355,6 +379,11 @@ class KinematicData:
 
     def __post_init__(self) -> None:
         bin_map = np.asarray(self.bin_map)
+        if bin_map.dtype == bool:
+            raise ValueError(
+                "bin_map is boolean: it must hold integer bin indices (one per spaxel, negative = "
+                "unused); for a mask of used spaxels write e.g. np.where(mask, 0, -1)"
+            )
         if bin_map.shape != self.grid.shape:
             raise ValueError(
                 f"bin_map has shape {bin_map.shape} but the spaxel grid has shape {self.grid.shape}"
@@ -374,6 +403,12 @@ class KinematicData:
         if np.any(~np.isfinite(vrms)):
             bad = np.flatnonzero(~np.isfinite(vrms)).tolist()
             raise ValueError(f"vrms has non-finite values (NaN or inf) in bins {bad}")
+        if np.any(vrms < 0):
+            bad = np.flatnonzero(vrms < 0).tolist()
+            raise ValueError(
+                f"vrms has negative values in bins {bad[:10]} (e.g. {vrms[bad[0]]:g} km/s): "
+                "v_rms = sqrt(v^2 + sigma^2) is >= 0"
+            )
         used = bin_map[bin_map >= 0]
         if used.size and used.max() >= n_bins:
             extra = sorted(set(used[used >= n_bins].tolist()))
@@ -430,10 +465,16 @@ class KinematicData:
         psf: PSF,
         z_d: float = 0.5,
     ) -> KinematicData:
-        """Data with independent Gaussian errors ``sigma`` (km/s) per bin."""
+        """Data with independent Gaussian errors ``sigma`` (km/s, finite, > 0) per bin."""
         sigma = np.asarray(sigma, dtype=float)
         if sigma.ndim != 1:
             raise ValueError(f"sigma must be 1-D (one value per bin), got shape {sigma.shape}")
+        bad = np.flatnonzero(~(np.isfinite(sigma) & (sigma > 0))).tolist()
+        if bad:
+            raise ValueError(
+                f"sigma must be finite and > 0 km/s in every bin; bins {bad[:10]} have "
+                f"{sigma[bad[:10]].tolist()}"
+            )
         return cls(grid, bin_map, vrms, np.diag(sigma**2), psf, z_d)
 
     def bins_to_image(self, values: np.ndarray, fill: float = np.nan) -> np.ndarray:

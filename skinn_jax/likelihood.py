@@ -113,6 +113,8 @@ class KinematicLikelihood:
             distances, e.g. ``skinn_jax.Emulator.load().vrms_at``.
         supersampling, light, moment, convolution, center_box, field_half_width: forward-model
             options, see :func:`skinn_jax.forward.build_forward_model`.
+        physical_distances: refuse concrete ``D_dt < D_d`` (impossible: ``D_dt = (1 + z_d) D_d
+            D_s / D_ds``); False for a model whose distance prior includes such pairs.
 
     Attributes:
         data: the data.
@@ -131,6 +133,7 @@ class KinematicLikelihood:
         convolution: Literal["fft", "direct"] = "fft",
         center_box: CenterBox = DEFAULT_CENTER_BOX,
         field_half_width: float = HALF_WIDTH_ARCSEC,
+        physical_distances: bool = True,
     ) -> None:
         if not isinstance(data, KinematicData):
             raise ValueError(f"data must be a KinematicData, got {type(data).__name__}")
@@ -138,6 +141,7 @@ class KinematicLikelihood:
             raise ValueError("vrms_at must be a callable vrms_at(params, x_gal, y_gal) -> km/s")
         self.data = data
         self.vrms_at = vrms_at
+        self.physical_distances = physical_distances
         self.forward: ForwardModel = build_forward_model_for_data(
             data,
             supersampling=supersampling,
@@ -158,7 +162,7 @@ class KinematicLikelihood:
                 Sérsic of ``params``.
         """
         _check_params(params)
-        check_sky_params(self.forward, sky)
+        check_sky_params(self.forward, sky, physical=self.physical_distances)
         if light is None:
             return predict_binned_vrms(self.forward, self.vrms_at, params, sky, self.data.z_d)
         if not any(isinstance(f, jax.core.Tracer) for f in light):

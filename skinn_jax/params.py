@@ -367,6 +367,27 @@ class ParamSpace:
             ok[row_index] = False
         return ok.reshape(arr.shape[:-1])
 
+    def in_box_mask(self, p, margin: float = 1e-3):
+        """Traceable in-box test for JAX arrays (for use under ``jax.jit``): bool, shape
+        ``p.shape[:-1]``; False for any non-finite entry.
+
+        The rules of :meth:`in_box`, each face widened by ``margin`` x the width of its range
+        (the ratio range for ``r_sersic``, ``[floor, 90]`` for the inclination rule), so that
+        finite-difference steps at a face still get the (smooth) emulator's values.
+        """
+        import jax.numpy as jnp
+
+        ok = jnp.all(jnp.isfinite(p), axis=-1)
+        for i, name in enumerate(self.names):
+            value, (low, high) = p[..., i], self.box[name]
+            if name == "r_sersic":
+                value, (low, high) = value / p[..., 0], self.r_sersic_ratio
+            elif name == "inclination_deg" and self.inclination_margin_deg is not None:
+                low = self.inclination_floor(p)
+            slack = margin * (high - low)
+            ok = ok & (value >= low - slack) & (value <= high + slack)
+        return ok
+
     def normalise(self, p):
         """Internal coordinates in [-1, 1], shape ``(..., n_params)`` (NumPy or JAX): the network
         input. See the class docstring for the coordinate of each parameter."""

@@ -31,12 +31,17 @@ Shard contents (all arrays, first axis = map):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import platform
+import re
+import signal
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -45,12 +50,18 @@ from pathlib import Path
 
 import numpy as np
 
+from skinn_jax.checks import check_int
 from skinn_jax.grid import QUADRANT_SIZE
 from skinn_jax.params import PAPER_SPACE, ParamSpace, space_named
 
 from .jam import DEFAULT_SETTINGS, JamSettings, jam_quadrant
 
 MANIFEST = "manifest.json"
+LOCK = "generate.lock"
+"""Held (``flock``) by the run writing the directory; the kernel releases it on any exit."""
+MAX_SHARD_SIZE = 50
+"""Largest default shard (~0.5 min of one worker in the paper box, a few in the real-lens box)."""
+_OWN_TEMPORARY = re.compile(r"(shard_\d{5}\.npz|manifest\.json)\.tmp")
 FORMAT_VERSION = 2
 """2: shards hold ``vrms_negative`` (the signed second moment where it is < 0)."""
 COMPRESSED_ARRAYS = frozenset({"vrms_negative"})
@@ -163,7 +174,7 @@ class DataSet:
         manifest_path = self.path / MANIFEST
         if not manifest_path.exists():
             raise FileNotFoundError(f"no {MANIFEST} in {self.path}: not a skinn-jax data set")
-        self.manifest = json.loads(manifest_path.read_text())
+        self.manifest = read_manifest(manifest_path)
 
     @property
     def space(self) -> ParamSpace:
@@ -200,6 +211,76 @@ class DataSet:
         return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+_MANIFEST_KEYS = ("seed", "shard_size", "settings", "shards")
+
+
+def read_manifest(path: Path) -> dict:
+    """A data set's manifest, checked to be one.
+
+    Raises:
+        ValueError: not JSON, or a JSON file without the keys of a skinn-jax manifest (naming
+            the file and the missing keys).
+    """
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{path} is corrupt (not JSON: {err}); move it away to start again"
+        ) from None
+    missing = [k for k in _MANIFEST_KEYS if not isinstance(manifest, dict) or k not in manifest]
+    if missing:
+        raise ValueError(
+            f"{path} is not a skinn-jax data-set manifest (no {missing}); use another --out"
+        )
+    return manifest
+
+
+def default_shard_size(n: int, workers: int) -> int:
+    """Maps per shard: at least four shards per worker, at most :data:`MAX_SHARD_SIZE` maps,
+    so that a killed run loses at most one shard (a minute or two) per worker."""
+    return max(1, min(MAX_SHARD_SIZE, math.ceil(n / (4 * max(workers, 1)))))
+
+
+@contextlib.contextmanager
+def directory_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``out/generate.lock`` (released on any exit, SIGKILL too).
+
+    Raises:
+        ValueError: another process holds it.
+    """
+    import fcntl
+
+    with open(out / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise ValueError(
+                f"{out} is being written by another skinn-jax generate (pid {owner}); wait for "
+                "it or use another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def remove_own_temporaries(out: Path) -> list[str]:
+    """Delete the half-written files a killed run left (``shard_NNNNN.npz.tmp``,
+    ``manifest.json.tmp``) and nothing else; returns their names."""
+    removed = []
+    for path in out.iterdir():
+        if _OWN_TEMPORARY.fullmatch(path.name) and path.is_file():
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
 def _write_manifest(path: Path, manifest: dict) -> None:
     tmp = path / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
@@ -218,7 +299,7 @@ def _init_manifest(
         "param_space": space.name,
     }
     if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
+        manifest = read_manifest(manifest_path)
         manifest.setdefault("param_space", PAPER_SPACE.name)  # manifests before spaces existed
         old = {k: manifest.get(k) for k in run}
         if old != run:
@@ -269,21 +350,51 @@ def pending_tasks(
     return tasks
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Worker initialiser: exit when the generating process is gone (even after its SIGKILL).
+
+    On Linux the kernel sends SIGKILL at the parent's death (``PR_SET_PDEATHSIG``); everywhere a
+    daemon thread also checks every half second that the parent is still the parent."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _run_local(tasks: list[ShardTask], workers: int) -> Iterator[tuple[ShardTask, dict]]:
     import concurrent.futures as cf
     import multiprocessing as mp
 
     for key, value in _SINGLE_THREAD_ENV.items():  # inherited by the spawned workers
         os.environ.setdefault(key, value)
-    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    pool = cf.ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    )
+    finished = False
     try:
         futures = {pool.submit(compute_shard, t): t for t in tasks}
         for future in cf.as_completed(futures):
             # drop the finished future: it holds its shard's arrays (~30 MB) until released
             yield futures.pop(future), future.result()
+        finished = True
     finally:
-        # on an error (or a kill of the generator) do not wait for the shards still queued
-        pool.shutdown(wait=True, cancel_futures=True)
+        if not finished:  # an error, a signal, or a closed generator: stop the shards in flight
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.kill()
+        pool.shutdown(wait=finished, cancel_futures=True)
 
 
 def _run_dask(tasks: list[ShardTask], scheduler: str) -> Iterator[tuple[ShardTask, dict]]:
@@ -303,7 +414,7 @@ def generate(
     n: int,
     seed: int,
     workers: int | None = None,
-    shard_size: int = 50,
+    shard_size: int | None = None,
     settings: JamSettings = DEFAULT_SETTINGS,
     scheduler: str | None = None,
     progress: bool = True,
@@ -311,53 +422,102 @@ def generate(
 ) -> DataSet:
     """Generate (or resume) ``n`` JAM quadrant maps from ``seed`` into directory ``out``.
 
+    The run holds a lock on ``out`` (:func:`directory_lock`): a second run into the same
+    directory is refused. It deletes only its own half-written temporaries, and its worker
+    processes exit with it (also when it is killed). SIGTERM stops it like Ctrl-C: finished
+    shards are kept, the shards in flight are lost.
+
     Args:
         out: data set directory (created).
         n: number of maps; a larger ``n`` than before extends the set, same maps first.
         seed: data-set seed (use non-overlapping seeds for training/validation/test sets).
         workers: local worker processes (default: every core).
-        shard_size: maps per shard file.
+        shard_size: maps per shard file (default: the existing manifest's, else
+            :func:`default_shard_size` of ``n`` and ``workers``).
         settings: JAM accuracy settings (part of the data set's identity).
         scheduler: address of a dask.distributed scheduler; runs the shards there instead.
         progress: show a tqdm progress bar.
         space: the parameter space to draw from (part of the data set's identity).
+
+    Raises:
+        ValueError: bad arguments, a directory locked by another run, a foreign or corrupt
+            manifest, or a data set made with other settings.
     """
+    check_int("n", n, 1)
+    check_int("seed", seed, 0)
+    workers = check_int("workers", workers if workers is not None else os.cpu_count() or 1, 1)
+    if shard_size is not None:
+        check_int("shard_size", shard_size, 1)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    with directory_lock(out), _sigterm_as_exit():
+        return _generate_locked(out, n, seed, workers, shard_size, settings, scheduler, progress,
+                                space)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into ``SystemExit`` (so that clean-up runs) while generating."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _generate_locked(out, n, seed, workers, shard_size, settings, scheduler, progress, space):
     from tqdm import tqdm
 
-    if n < 1:
-        raise ValueError(f"--n must be >= 1, got {n}")
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*.tmp"):
-        stale.unlink()
+    remove_own_temporaries(out)
+    if shard_size is None:
+        existing = out / MANIFEST
+        shard_size = (
+            read_manifest(existing)["shard_size"]
+            if existing.exists()
+            else default_shard_size(n, workers)
+        )
     manifest = _init_manifest(out, n, seed, shard_size, settings, space)
     tasks = pending_tasks(out, manifest, n, seed, shard_size, settings, space)
     _write_manifest(out, manifest)
     done = n - sum(t.stop - t.start for t in tasks)
-    workers = workers or os.cpu_count() or 1
     bar = tqdm(total=n, initial=done, unit="map", desc=f"generate {out.name}", disable=not progress)
     t_start = time.time()
     runner = _run_dask(tasks, scheduler) if scheduler else _run_local(tasks, workers)
-    for task, result in runner:
-        path = out / shard_name(task.shard)
-        tmp = out / (shard_name(task.shard) + ".tmp")
-        cpu = float(result.pop("cpu_seconds"))
-        _write_npz_deterministic(tmp, result)
-        os.replace(tmp, path)
-        manifest["shards"][str(task.shard)] = {
-            "file": path.name,
-            "sha256": sha256_file(path),
-            "n_maps": task.stop - task.start,
-            "start": task.start,
-            "cpu_seconds": cpu,
-            "n_maps_with_zeros": int(np.sum(result["n_zero"] > 0)),
-        }
-        manifest["cpu_seconds"] += cpu
-        manifest["wall_seconds"] += time.time() - t_start
-        t_start = time.time()
-        _write_manifest(out, manifest)
-        bar.update(task.stop - task.start)
-    bar.close()
+    try:
+        for task, result in runner:
+            _record_shard(out, manifest, task, result, time.time() - t_start)
+            t_start = time.time()
+            bar.update(task.stop - task.start)
+    finally:
+        runner.close()  # on an error or a signal: stop the workers now
+        bar.close()
     return DataSet(out)
+
+
+def _record_shard(out: Path, manifest: dict, task: ShardTask, result: dict, wall: float) -> None:
+    """Write one finished shard (temporary file, then rename) and record it in the manifest."""
+    path = out / shard_name(task.shard)
+    tmp = out / (shard_name(task.shard) + ".tmp")
+    cpu = float(result.pop("cpu_seconds"))
+    _write_npz_deterministic(tmp, result)
+    os.replace(tmp, path)
+    manifest["shards"][str(task.shard)] = {
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "n_maps": task.stop - task.start,
+        "start": task.start,
+        "cpu_seconds": cpu,
+        "n_maps_with_zeros": int(np.sum(result["n_zero"] > 0)),
+    }
+    manifest["cpu_seconds"] += cpu
+    manifest["wall_seconds"] += wall
+    _write_manifest(out, manifest)

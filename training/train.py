@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from skinn_jax.checkpoint import save_checkpoint
+from skinn_jax.checkpoint import non_finite_weights, save_checkpoint
+from skinn_jax.checks import check_float, check_int
 from skinn_jax.grid import QUADRANT_SIZE, full_map_weights, quadrant_coordinates
 from skinn_jax.networks import (
     NetworkConfig,
@@ -77,18 +78,46 @@ class TrainConfig:
     out: str = "runs/cips"
     export: str | None = "checkpoints/cips"
 
+    def __post_init__(self) -> None:
+        """Check every setting (``ValueError`` naming it, its value and the rule)."""
+        for name in ("steps", "batch_maps", "batch_pixels", "n_val", "checkpoint_every"):
+            check_int(name, getattr(self, name), 1)
+        check_int("eval_every", self.eval_every, 1)
+        check_int("warmup_steps", self.warmup_steps, 0)
+        check_int("seed", self.seed, 0)
+        if self.n_train is not None:
+            check_int("n_train", self.n_train, 1)
+        check_float("learning_rate", self.learning_rate, 0.0, open_min=True)
+        for name in ("final_lr_fraction", "weight_decay", "second_moment_weight"):
+            check_float(name, getattr(self, name), 0.0)
+        check_float("negative_scale", self.negative_scale, 0.0)
+        check_float("ema_decay", self.ema_decay, 0.0, 1.0, open_max=True)
+        check_float("inner_fraction", self.inner_fraction, 0.0, 1.0)
+        check_float("core_fraction", self.core_fraction, 0.0, 1.0 - self.inner_fraction)
+        if not isinstance(self.network, NetworkConfig):
+            raise ValueError(f"network = {self.network!r}: must be a NetworkConfig")
+
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
-        raw = json.loads(Path(path).read_text())
+        """Read and check a JSON config (``ValueError`` naming the file and the bad setting)."""
+        try:
+            raw = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"training config {path} is not valid JSON: {err}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"training config {path} must be a JSON object")
         known = {f.name for f in fields(cls)}
         unknown = set(raw) - known
         if unknown:
             raise ValueError(
                 f"unknown training-config keys {sorted(unknown)}; known: {sorted(known)}"
             )
-        if "network" in raw:
-            raw["network"] = NetworkConfig.from_dict(raw["network"])
-        return cls(**raw)
+        try:
+            if "network" in raw:
+                raw["network"] = NetworkConfig.from_dict(raw["network"])
+            return cls(**raw)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"training config {path}: {err}") from None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -329,8 +358,14 @@ def train(
     max_steps_this_run: int | None = None,
     constants=None,
     extra_info: dict | None = None,
+    overwrite: bool = False,
+    export_unfinished: bool = False,
 ) -> dict:
-    """Run (or resume) training; returns a summary dict. Exports the EMA weights at the end.
+    """Run (or resume) training; returns a summary dict.
+
+    The EMA weights are exported to ``cfg.export`` when the run has finished (or, with
+    ``export_unfinished``, at the end of this invocation), never over an existing directory
+    unless ``overwrite``: that is checked before any training starts.
 
     Args:
         cfg: the run's settings; ``cfg.out`` holds orbax checkpoints, a CSV log and a PNG curve.
@@ -339,6 +374,13 @@ def train(
             CPU budget across sessions; the run resumes from there.
         constants: fixed, non-trained variables (the PCA basis of the baseline).
         extra_info: added to the exported checkpoint's metadata.
+        overwrite: replace an existing ``cfg.export``.
+        export_unfinished: export even if the run has not reached ``cfg.steps``.
+
+    Raises:
+        ValueError: ``cfg.export`` exists and ``overwrite`` is False; a run directory holding
+            another configuration; a non-finite loss (the run stops there, before checkpointing
+            it); non-finite weights at export.
     """
     import orbax.checkpoint as ocp
     from tqdm import tqdm
@@ -373,6 +415,11 @@ def train(
         state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
         if "n_train" not in run_info:
             raise ValueError(f"{out}: checkpoint without run_info.json; cannot resume safely")
+    start = int(state["step"])
+    stop = cfg.steps if max_steps_this_run is None else min(cfg.steps, start + max_steps_this_run)
+    will_export = bool(cfg.export) and (stop >= cfg.steps or export_unfinished)
+    if will_export:
+        check_export_target(cfg.export, overwrite)
     # the fit sees the signed maps; validation compares with the clipped truth
     params_train, vrms_train, _ = load_maps(cfg.train_data, cfg.n_train, signed=cfg.signed)
     run_info["n_train"] = len(params_train)
@@ -388,7 +435,6 @@ def train(
     state = jax.device_put(state, replicated)
     consts = jax.device_put(consts, replicated)
 
-    start = int(state["step"])
     log_path = out / "log.csv"
     header = ["step", "loss", "val_median_abs_E", "val_p95_abs_E", "val_median_E"]
     # keep the log consistent with the checkpoint: drop rows a killed run wrote after it
@@ -399,7 +445,6 @@ def train(
     writer.writerows([[r[k] for k in header] for r in kept])
     log_file.flush()
 
-    stop = cfg.steps if max_steps_this_run is None else min(cfg.steps, start + max_steps_this_run)
     bar = tqdm(
         total=cfg.steps, initial=start, desc=f"train {out.name}", disable=not progress, unit="step"
     )
@@ -415,18 +460,12 @@ def train(
         v_true = jax.device_put(v_true, batch_sharding)
         state, loss = train_step(state, consts, p, sampler.x[pix], sampler.y[pix], v_true)
         losses.append(float(loss))
-        bar.update()
         done = step + 1
+        if not np.isfinite(losses[-1]):  # stop before a non-finite state is checkpointed
+            _stop_diverged(done, f"loss {losses[-1]}", cfg, out, bar, log_file, manager)
+        bar.update()
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            variables = {"params": ema_weights(state, cfg.ema_decay), **consts}
-            pred = predict_quadrants(net, variables, params_val)
-            e, abs_e = full_map_errors(pred, vrms_val)
-            summary = {
-                "val_step": done,
-                "val_median_abs_E": float(np.median(abs_e)),
-                "val_p95_abs_E": float(np.percentile(abs_e, 95)),
-                "val_median_E": float(np.median(e)),
-            }
+            summary = validation_summary(net, state, consts, cfg, params_val, vrms_val)
             writer.writerow(
                 [
                     done,
@@ -446,6 +485,10 @@ def train(
             writer.writerow([done, np.mean(losses[-100:]), "", "", ""])
         if done % cfg.checkpoint_every == 0 or done == stop:
             log_file.flush()
+            bad = non_finite_weights(state["params"])
+            if bad:
+                _stop_diverged(done, f"{sum(bad.values())} non-finite weights", cfg, out, bar,
+                               log_file, manager)  # fmt: skip
             manager.save(done, args=ocp.args.StandardSave(state))
             manager.wait_until_finished()
             run_info["cpu_seconds"] += time.process_time() - t_cpu
@@ -458,7 +501,10 @@ def train(
     manager.close()
     finished = int(state["step"]) >= cfg.steps
     result = {"step": int(state["step"]), "finished": finished, **run_info, **summary}
-    if cfg.export and summary:
+    if will_export:
+        if not summary:  # no evaluation in this invocation (e.g. an already finished run)
+            summary = validation_summary(net, state, consts, cfg, params_val, vrms_val)
+        check_export_target(cfg.export, overwrite)  # again: it may have appeared meanwhile
         info = {
             "training": {
                 "config": cfg.to_dict(),
@@ -489,7 +535,45 @@ def train(
         )
         save_checkpoint(cfg.export, cfg.network, variables, info)
         result["exported"] = cfg.export
+    elif cfg.export:
+        result["exported"] = None
+        result["not_exported"] = (
+            f"the run stopped at step {result['step']} of {cfg.steps}: {cfg.export} is written "
+            "when it finishes (or now with --export-unfinished)"
+        )
     return result
+
+
+def _stop_diverged(step: int, what: str, cfg: TrainConfig, out: Path, *open_things) -> None:
+    """Close the bar, the log and the checkpoint manager, then raise ``ValueError``."""
+    for thing in open_things:
+        thing.close()
+    raise ValueError(
+        f"training diverged at step {step}: {what} (learning_rate = {cfg.learning_rate:g}); "
+        f"nothing was exported, and {out} resumes from its last finite checkpoint"
+    )
+
+
+def check_export_target(export: str | Path, overwrite: bool) -> None:
+    """Refuse to replace an existing checkpoint directory unless ``overwrite``."""
+    if Path(export).exists() and not overwrite:
+        raise ValueError(
+            f"export {export} already exists: refusing to overwrite it (pass --overwrite to "
+            "replace it, or set another `export` in the config)"
+        )
+
+
+def validation_summary(net, state, consts, cfg: TrainConfig, params_val, vrms_val) -> dict:
+    """Validation metrics (km/s, paper Sec. 4.1) of the EMA weights at the current step."""
+    variables = {"params": ema_weights(state, cfg.ema_decay), **consts}
+    pred = predict_quadrants(net, variables, params_val)
+    e, abs_e = full_map_errors(pred, vrms_val)
+    return {
+        "val_step": int(state["step"]),
+        "val_median_abs_E": float(np.median(abs_e)),
+        "val_p95_abs_E": float(np.percentile(abs_e, 95)),
+        "val_median_E": float(np.median(e)),
+    }
 
 
 def _read_log(path: Path) -> list[dict]:

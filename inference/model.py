@@ -479,13 +479,9 @@ class _ForwardModelField:
 
     def __init__(self, field: EmulatorField, forward: ForwardModel):
         self.field = field
-        self.shape = forward.padded_shape
-        box = forward.center_box
-        xs, ys = forward.x_sky.ravel(), forward.y_sky.ravel()
-        dx = np.maximum(0.0, np.maximum(box.x_min - xs, xs - box.x_max))
-        dy = np.maximum(0.0, np.maximum(box.y_min - ys, ys - box.y_max))
+        self.shape = forward.point_shape
         reach = field.inner_half_width * math.sqrt(2.0) + 1e-9
-        self.candidates = np.flatnonzero(np.hypot(dx, dy) <= reach)
+        self.candidates = forward.points_near_centre(reach)
 
     def __call__(self, params, x, y):
         x, y = jnp.asarray(x), jnp.asarray(y)

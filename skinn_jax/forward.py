@@ -54,6 +54,7 @@ emulator's 551 x 551 map once per call and interpolates it (Keys cubic convoluti
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -80,10 +81,20 @@ at the fiducial distances; e.g. ``skinn_jax.Emulator.vrms_at``."""
 DEFAULT_SUPERSAMPLING = 5
 """Sub-pixels per spaxel side of ``sampling="points"`` (0.01 arcsec for 0.05 arcsec spaxels)."""
 
-DEFAULT_LATTICE_SUPERSAMPLING = 2
-"""Lattice cells per spaxel side of ``sampling="centred"`` (binned v_rms within 0.02 km/s of the
-converged prediction on 0.05" spaxels with a 0.1" PSF and within 0.005 km/s on 0.1457" spaxels
-with a 0.96" PSF; ``docs/forward_model.md``)."""
+LATTICE_CELL_PER_SIGMA = 1.25
+"""Largest lattice cell of ``sampling="centred"`` in units of the PSF σ when the supersampling is
+not given: ``s = ceil(spaxel / (1.25 σ))``, between 1 and 5. Gives s = 1 for 0.05" spaxels with a
+0.1" PSF (binned v_rms within 0.01 km/s of the converged prediction, shipped emulator) and for
+0.1457" spaxels with a 0.96" PSF (within 0.0013 km/s); ``docs/forward_model.md``."""
+
+
+def default_lattice_supersampling(grid: SpaxelGrid, psf: PSF) -> int:
+    """Lattice cells per spaxel side for ``sampling="centred"`` (:data:`LATTICE_CELL_PER_SIGMA`)."""
+    sigma = psf.fwhm / FWHM_PER_SIGMA
+    if sigma <= 0:
+        return DEFAULT_SUPERSAMPLING
+    cells = math.ceil(grid.pixel_scale / (LATTICE_CELL_PER_SIGMA * sigma) - 1e-9)
+    return int(min(DEFAULT_SUPERSAMPLING, max(1, cells)))
 
 
 class SkyParams(NamedTuple):
@@ -237,7 +248,7 @@ def build_forward_model(
             are ``0 .. max(bin_map)``.
         psf: PSF (a pixelated one must be sampled at ``supersampling``).
         supersampling: sub-pixels per spaxel side (``>= 1``); None: 5 for ``"points"``,
-            :data:`DEFAULT_LATTICE_SUPERSAMPLING` for ``"centred"``.
+            :func:`default_lattice_supersampling` for ``"centred"``.
         light: lens-light profile used as the weight (see module docstring).
         moment: ``"second"`` (luminosity-weighted v_rms², the default) or ``"first"``.
         convolution: ``"fft"`` (default) or ``"direct"``.
@@ -266,7 +277,9 @@ def build_forward_model(
     sampling = "points" if sampling == "auto" else sampling
     if supersampling is None:
         supersampling = (
-            DEFAULT_LATTICE_SUPERSAMPLING if sampling == "centred" else DEFAULT_SUPERSAMPLING
+            default_lattice_supersampling(grid, psf)
+            if sampling == "centred"
+            else DEFAULT_SUPERSAMPLING
         )
     if int(supersampling) != supersampling or supersampling < 1:
         raise ValueError(f"supersampling must be a positive integer, got {supersampling}")

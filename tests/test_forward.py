@@ -547,13 +547,13 @@ def central_bin(model, field, params):
 )
 def test_centred_central_bin_matches_converged_reference(n_sersic, gamma, r_core):
     """The central spaxel's v_rms within 1e-4 of the converged value for centres from on a
-    sub-pixel centre to half a sub-pixel off, at the default lattice (2 cells per spaxel)."""
+    sub-pixel centre to half a sub-pixel off, at the default lattice (one cell per spaxel)."""
     grid = SpaxelGrid.regular((7, 7), 0.05)
     bins = np.arange(49).reshape(7, 7)
     psf = PSF.gaussian(0.1)
     params = real_lens_params(n_sersic, gamma, r_core)
     model = fw.build_forward_model(grid, bins, psf)
-    assert model.sampling == "centred" and model.supersampling == 2
+    assert model.sampling == "centred" and model.supersampling == 1
     fine = [fw.build_forward_model(grid, bins, psf, supersampling=s) for s in (8, 10)]
     get, get_8, get_10 = (central_bin(m, power_law_field, params) for m in [model, *fine])
     cell = 0.05 / model.supersampling

@@ -132,10 +132,11 @@ def jampy_log_likelihood(lik: KinematicLikelihood, params: np.ndarray, sky: SkyP
     model = lik.forward
     with jax.enable_x64(True):
         x_gal, y_gal = (np.asarray(a) for a in galaxy_frame_points(model, sky))
-        vrms = np.zeros(model.padded_shape)
-        vrms[model.needed] = jam_vrms(params, x_gal[model.needed], y_gal[model.needed], FIDUCIAL)
+        needed = np.ones(model.point_shape, bool) if model.needed is None else model.needed
+        vrms = np.zeros(model.point_shape)
+        vrms[needed] = jam_vrms(params, x_gal[needed], y_gal[needed], FIDUCIAL)
         light = lens_light(model, jnp.asarray(params), sky, jnp.asarray(x_gal), jnp.asarray(y_gal))
-        pred = binned_vrms_from_fields(model, light, jnp.asarray(vrms))
+        pred = binned_vrms_from_fields(model, light, jnp.asarray(vrms), sky)
         pred = pred * vrms_distance_factor(sky.D_dt, sky.D_d, lik.data.z_d)
         r = np.asarray(pred) - lik.data.vrms
         return float(gaussian_log_likelihood(r, lik.data.cholesky))

@@ -10,8 +10,13 @@ and gradient of each part alone with respect to the same inputs:
 * ``time delays``: χ² of the delays;
 * ``kinematics``: the emulator's kinematic log-likelihood.
 
-Run: ``python benchmarks/profile_model_eval.py [--system 1] [--repeats 30] [--modes joint ...]``
-(pin to one core with ``taskset -c 0`` to time what one chain of a parallel fit gets).
+``--baseline`` also times, in the same run, the potential with the kinematic forward model the fits
+used before the centre-aligned quadrature (point-sampled, 4 sub-pixels per spaxel side) and prints
+old, new and their ratio.
+
+Run: ``python benchmarks/profile_model_eval.py [--system 1] [--repeats 30] [--modes joint ...]
+[--baseline]`` (pin to one core with ``taskset -c 0`` to time what one chain of a parallel fit
+gets).
 """
 
 from __future__ import annotations
@@ -29,11 +34,13 @@ from skinn_jax.inference.fit import make_potential  # noqa: E402
 from skinn_jax.inference.mock_system import make_mock_system  # noqa: E402
 from skinn_jax.inference.model import (  # noqa: E402
     SystemData,
+    build_setup,
     emulator_params,
     load_emulator,
     sky_params,
     solve_lens,
     solved_lens_params,
+    solver_start_from_truth,
     truth_values,
 )
 from skinn_jax.inference.run_study import study_setup  # noqa: E402
@@ -56,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--modes", nargs="+", default=["joint", "lensing", "kinematics"])
     parser.add_argument("--checkpoint", default="pca64s")
+    parser.add_argument("--baseline", action="store_true")
     args = parser.parse_args(argv)
 
     system = make_mock_system(args.system)
@@ -69,6 +77,18 @@ def main(argv: list[str] | None = None) -> int:
         z = jnp.asarray(pot.z0)
         t = median_time_ms(pot.value_and_grad, (z,), args.repeats)
         print(f"{mode:>10}: potential + gradient {t:7.1f} ms ({z.size} parameters)")
+        if args.baseline and mode != "lensing":
+            old = build_setup(
+                data,
+                mode,
+                emulator=emulator,
+                solver_start=solver_start_from_truth(system),
+                supersampling=4,
+                sampling="points",
+            )
+            pot_old = make_potential(data, old, truths)
+            t_old = median_time_ms(pot_old.value_and_grad, (jnp.asarray(pot_old.z0),), args.repeats)
+            print(f"{'':>10}  points s=4 (before): {t_old:7.1f} ms; ratio {t_old / t:.2f}x")
         if mode != "joint":
             continue
         values = {k: jnp.asarray(v) for k, v in truths.items()}

@@ -36,7 +36,7 @@ def kcwi_like_model():
     r = np.hypot(x, y)
     bins = np.digitize(r, [0.3, 0.6, 1.0, 1.5])
     bins[r >= 1.5] = -1
-    return build_forward_model(grid, bins, PSF.gaussian(0.96), supersampling=7)
+    return build_forward_model(grid, bins, PSF.gaussian(0.96), supersampling=7, sampling="points")
 
 
 def main() -> None:

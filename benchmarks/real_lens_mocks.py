@@ -106,7 +106,7 @@ def expected_light(grid, psf, light, sky, radius):
     xs, ys = grid.coordinates()
     inside = np.hypot(xs - sky.center_x, ys - sky.center_y) < radius
     model = build_forward_model(
-        grid, np.where(inside, 0, -1), psf, supersampling=3, center_box=CENTER
+        grid, np.where(inside, 0, -1), psf, supersampling=3, center_box=CENTER, sampling="points"
     )
     x, y = galaxy_frame_points(model, sky)
     image = convolve_valid(model, light.surface_brightness(x, y))
@@ -138,7 +138,7 @@ def make_mock(k: int) -> dict:
     signal, noise, inside = expected_light(grid, psf, light, sky, radius)
     bins = make_bins(grid, signal, noise, inside)
     model = build_forward_model(
-        grid, bins, psf, supersampling=TRUTH_SUPERSAMPLING, center_box=CENTER
+        grid, bins, psf, supersampling=TRUTH_SUPERSAMPLING, center_box=CENTER, sampling="points"
     )
     truth = jam_truth_bins(model, params, sky, jam_distances(sky, Z_D), light=light)
     cov = np.diag((STAT * truth) ** 2) + SYS**2 * np.outer(truth, truth)
@@ -173,7 +173,12 @@ def d_d_posterior(emu: Emulator, mock: dict, paper: bool, n_beta=33, n_cosi=25):
     else:
         fit_light = light
     model = build_forward_model(
-        data.grid, data.bin_map, data.psf, supersampling=FIT_SUPERSAMPLING, center_box=CENTER
+        data.grid,
+        data.bin_map,
+        data.psf,
+        supersampling=FIT_SUPERSAMPLING,
+        center_box=CENTER,
+        sampling="points",
     )
     sky_fid = mock["sky"]._replace(D_dt=FIDUCIAL.D_dt, D_d=FIDUCIAL.D_d)
     field = field_from_quadrant(emu.vrms_quadrant, emu.vrms_at)
@@ -218,7 +223,12 @@ def truth_convergence(mock: dict, supersampling: int = 11) -> float:
     """Largest change of the JAM-truth bins from TRUTH_SUPERSAMPLING to ``supersampling``."""
     data: KinematicData = mock["data"]
     model = build_forward_model(
-        data.grid, data.bin_map, data.psf, supersampling=supersampling, center_box=CENTER
+        data.grid,
+        data.bin_map,
+        data.psf,
+        supersampling=supersampling,
+        center_box=CENTER,
+        sampling="points",
     )
     fine = jam_truth_bins(
         model, mock["params"], mock["sky"], jam_distances(mock["sky"], Z_D), light=mock["light"]
@@ -231,7 +241,12 @@ def prediction_at_truth(emu: Emulator, mock: dict) -> np.ndarray:
     distances, to compare per bin with JAM run on the combined MGE of both components."""
     data: KinematicData = mock["data"]
     model = build_forward_model(
-        data.grid, data.bin_map, data.psf, supersampling=FIT_SUPERSAMPLING, center_box=CENTER
+        data.grid,
+        data.bin_map,
+        data.psf,
+        supersampling=FIT_SUPERSAMPLING,
+        center_box=CENTER,
+        sampling="points",
     )
     field = field_from_quadrant(emu.vrms_quadrant, emu.vrms_at)
     pred = predict_binned_vrms_components(

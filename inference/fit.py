@@ -203,7 +203,10 @@ def fingerprint(data: SystemData, setup: ModelSetup, settings: FitSettings, extr
     if setup.imaging is not None:
         h.update(repr(setup.imaging.settings).encode())
     if setup.kinematics is not None:
-        h.update(f"kinematic supersampling {setup.kinematics.forward.supersampling}".encode())
+        forward = setup.kinematics.forward
+        h.update(f"kinematic supersampling {forward.supersampling}".encode())
+        if forward.sampling != "points":  # fingerprints of point-sampled fits stay as they were
+            h.update(f"kinematic sampling {forward.sampling}".encode())
     fit_fields = dataclasses.asdict(settings)
     fit_fields.pop("progress_bar")
     h.update(json.dumps(fit_fields, sort_keys=True).encode())

@@ -225,9 +225,9 @@ def jam_truth_bins(
 ) -> np.ndarray:
     """Binned v_rms (km/s) from JAM truth at ``distances`` through the forward model (float64).
 
-    ``jam_vrms`` is evaluated at every sub-pixel that affects a used bin (PSF margin included);
-    no distance rescaling is applied (JAM is run at the given distances). With ``light`` (several
-    Sérsic components, real-lens space) JAM runs with their combined MGE as the tracer and the
+    ``jam_vrms`` is evaluated at every point of the model that affects a used bin; no distance
+    rescaling is applied (JAM is run at the given distances). With ``light`` (several Sérsic
+    components, real-lens space) JAM runs with their combined MGE as the tracer and the
     weighting light is their sum: ``I v_JAM**2 = sum_k I_k v_k**2`` (CONVENTIONS §9).
     """
     with jax.enable_x64(True):
@@ -238,11 +238,12 @@ def jam_truth_bins(
             )
         else:
             brightness = light.surface_brightness(jnp.asarray(x_gal), jnp.asarray(y_gal))
-        vrms = np.zeros(model.padded_shape)
-        vrms[model.needed] = jam_vrms(
-            params, x_gal[model.needed], y_gal[model.needed], distances, settings, light=light
+        needed = np.ones(model.point_shape, bool) if model.needed is None else model.needed
+        vrms = np.zeros(model.point_shape)
+        vrms[needed] = jam_vrms(
+            params, x_gal[needed], y_gal[needed], distances, settings, light=light
         )
-        return np.asarray(binned_vrms_from_fields(model, brightness, jnp.asarray(vrms)))
+        return np.asarray(binned_vrms_from_fields(model, brightness, jnp.asarray(vrms), sky))
 
 
 def make_mock_kinematics(
@@ -265,10 +266,14 @@ def make_mock_kinematics(
     grid = SpaxelGrid.regular((settings.n_pix, settings.n_pix), settings.pixel_scale)
     psf = PSF.gaussian(settings.psf_fwhm)
     all_used = np.zeros(grid.shape, dtype=np.int64)
-    light_model = build_forward_model(grid, all_used, psf, supersampling=settings.supersampling)
+    light_model = build_forward_model(
+        grid, all_used, psf, supersampling=settings.supersampling, sampling="points"
+    )
     signal, noise = light_image(light_model, params, sky, settings)
     bin_map, bin_sn = voronoi_bins(grid, signal, noise, settings.target_sn, seed=seed % 2**31)
-    model = build_forward_model(grid, bin_map, psf, supersampling=settings.supersampling)
+    model = build_forward_model(
+        grid, bin_map, psf, supersampling=settings.supersampling, sampling="points"
+    )
     distances = jam_distances(sky, settings.z_d)
     vrms_true = jam_truth_bins(model, params, sky, distances, settings.jam)
     sigma = noise_fraction(bin_sn, settings) * vrms_true

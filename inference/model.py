@@ -98,9 +98,10 @@ the lens centre and its flux is the quasar flux the outer images imply,
 ``mean_i(F_i/|μ_i|) |μ_c|``. Lens light: the exact-b_n Sérsic of the emulator's ``q_light``,
 ``r_sersic``, ``n_sersic`` at the mass's ``phi`` and centre.
 
-Kinematics: :class:`skinn_jax.likelihood.KinematicLikelihood` with the emulator's map route
-(:class:`EmulatorField`: one 551 x 551 map per evaluation, interpolated at the 0.01″ sub-pixels,
-with the central 0.1″ refined from a fixed 85 x 85 table whose network features are computed once).
+Kinematics: :class:`skinn_jax.likelihood.KinematicLikelihood` (centre-aligned quadrature) with the
+emulator's map route (:class:`EmulatorField`: one 551 x 551 map per evaluation, interpolated at the
+forward model's points, with the central 0.1″ refined from a fixed 85 x 85 table whose network
+features are computed once).
 
 Before sampling, :func:`check_inputs` raises ``ValueError`` for non-finite or non-positive data,
 priors outside the emulator's training box, and (through ``KinematicLikelihood``) a kinematic grid
@@ -122,7 +123,11 @@ from jax import Array
 
 from skinn_jax.cosmology import FIDUCIAL
 from skinn_jax.forward import CenterBox, ForwardModel, SkyParams, cubic_interpolate
-from skinn_jax.grid import HALF_WIDTH_ARCSEC, PIXEL_ARCSEC, mirror_quadrant
+from skinn_jax.grid import (
+    PIXEL_ARCSEC,
+    QUADRANT_SIZE,
+    quadrant_coordinates,
+)
 from skinn_jax.ifu import KinematicData
 from skinn_jax.likelihood import KinematicLikelihood
 from skinn_jax.params import INCLINATION_MIN_DEG, PARAM_BOX, PARAM_NAMES, R_SERSIC_RATIO_BOX
@@ -265,11 +270,13 @@ Against 64 nodes, over a 7″ field, θ_E = 1.2″, γ = 1.5-2.5, e1 = 0-0.3 (me
 agree to <= 8e-6″ and the Fermat potential to <= 4e-6 arcsec² (< 1e-3 day for D_Δt ~ 3 Gpc);
 24 nodes agree to 5e-8″. With 16 nodes the lensing log L + gradient costs ~2/3 of 24 nodes'."""
 
-MODEL_SUPERSAMPLING = 4
-"""Sub-pixels per spaxel side of the model's kinematic forward model (the mocks use 5).
+MODEL_SUPERSAMPLING = 1
+"""Lattice cells per spaxel side of the model's kinematic forward model (centre-aligned
+quadrature, ``skinn_jax.quadrature``; the mocks' truth samples 5 fixed sub-pixels per side).
 
-On mock system 1, -log L_kin differs from 5 sub-pixels by 0.007 at the truth and <= 0.02 near it
-(3 sub-pixels: 0.27, too coarse for the 0.08″ core); 4 costs ~2/3 of 5's time."""
+On mock system 1's IFU set (0.05″ spaxels, 0.1″ PSF) with the shipped emulator the binned v_rms is
+within 0.01 km/s of the converged (8-cell) prediction, a smooth function of the centre; 5 fixed
+sub-pixels miss it by 0.05 km/s off a sample point and by 5 km/s on one."""
 
 DISTANCE_SITES: tuple[str, ...] = ("log_D_dt", "log_D_d")
 """Sampled distance coordinates of joint mode: ``log(D_dt / Mpc)`` and ``log(D_d / Mpc)``.
@@ -432,11 +439,41 @@ class EmulatorField:
                 )
             )
 
-    def map_table(self, params):
-        """The full map padded by two edge pixels (interpolation dtype), and its origin."""
-        quadrant = self.emu.vrms_quadrant(jnp.asarray(params).astype(jnp.float32))
-        padded = jnp.pad(mirror_quadrant(quadrant.astype(self.interp_dtype)), 2, mode="edge")
-        return padded, -HALF_WIDTH_ARCSEC - 2 * PIXEL_ARCSEC
+    def map_table(self, params, half_width: float | None = None):
+        """The map padded by two edge pixels (interpolation dtype), and its origin.
+
+        With ``half_width`` (arcsec), only the central ``n x n`` pixels of the quadrant that cover
+        ``|x|, |y| <= half_width`` (and the interpolation's reach) are computed: the network's map
+        costs ``(n / 276)²`` of the full one.
+        """
+        p = jnp.asarray(params).astype(jnp.float32)
+        n = QUADRANT_SIZE
+        if half_width is not None:
+            n = min(QUADRANT_SIZE, int(math.ceil(half_width / PIXEL_ARCSEC)) + 3)
+        if n == QUADRANT_SIZE:
+            quadrant = self.emu.vrms_quadrant(p)
+        else:
+            quadrant = self._quadrant_corner(p, n)
+        quadrant = quadrant.astype(self.interp_dtype)
+        top = jnp.concatenate([quadrant, quadrant[:, -2::-1]], axis=1)
+        full = jnp.concatenate([top, top[-2::-1, :]], axis=0)
+        return jnp.pad(full, 2, mode="edge"), -(n - 1) * PIXEL_ARCSEC - 2 * PIXEL_ARCSEC
+
+    def _quadrant_corner(self, p, n: int):
+        """v_rms on the quadrant's central corner ``[-n:, -n:]`` (the ``n x n`` pixels nearest
+        the centre), as ``emu.vrms_quadrant`` computes the whole quadrant."""
+        emu = self.emu
+        style = emu.style(p)
+        if emu.config.kind == "pca" and emu.config.basis_rank > 0:  # factorised basis
+            c = emu.variables["constants"]
+            core = jnp.einsum("abk,k->ab", c["core"], style)
+            u = c["rows"][-n:] @ core @ c["cols"][-n:].T
+        else:
+            k = style.shape[-1]
+            features = emu.grid_features().reshape(QUADRANT_SIZE, QUADRANT_SIZE, k)
+            u = features[-n:, -n:] @ style.astype(features.dtype)
+        radius = np.hypot(*quadrant_coordinates())[-n:, -n:]
+        return emu.velocity_from_output(p, u, radius)
 
     def inner_table(self, params):
         """The fine central table of ``vrms_at`` (interpolation dtype), and its origin."""
@@ -463,29 +500,26 @@ class EmulatorField:
         return self._combine(params, xi, yi).astype(out_dtype)
 
     def for_forward_model(self, forward: ForwardModel) -> _ForwardModelField:
-        """A field specialised to the padded sub-pixel grid of ``forward`` (see class docstring)."""
+        """A field specialised to the points of ``forward`` (see class docstring)."""
         return _ForwardModelField(self, forward)
 
 
 class _ForwardModelField:
-    """:class:`EmulatorField` restricted to one forward model's padded sub-pixel grid.
+    """:class:`EmulatorField` restricted to one forward model's points.
 
-    Called with galaxy-frame arrays of the forward model's padded shape (as
-    ``skinn_jax.forward.predict_binned_vrms`` does: element ``i`` is the sub-pixel at sky position
-    ``forward.x_sky.flat[i]``), the fine table is interpolated only at the candidate sub-pixels
-    within ``inner_half_width sqrt(2)`` of the centre box. Any other shape falls back to the
-    generic :class:`EmulatorField`.
+    Called with galaxy-frame arrays of the forward model's point shape (as
+    ``skinn_jax.forward.predict_binned_vrms`` does), the fine table is interpolated only at the
+    candidate points that can lie within ``inner_half_width sqrt(2)`` of the centre
+    (``ForwardModel.points_near_centre``). Any other shape falls back to the generic
+    :class:`EmulatorField`.
     """
 
     def __init__(self, field: EmulatorField, forward: ForwardModel):
         self.field = field
-        self.shape = forward.padded_shape
-        box = forward.center_box
-        xs, ys = forward.x_sky.ravel(), forward.y_sky.ravel()
-        dx = np.maximum(0.0, np.maximum(box.x_min - xs, xs - box.x_max))
-        dy = np.maximum(0.0, np.maximum(box.y_min - ys, ys - box.y_max))
+        self.shape = forward.point_shape
         reach = field.inner_half_width * math.sqrt(2.0) + 1e-9
-        self.candidates = np.flatnonzero(np.hypot(dx, dy) <= reach)
+        self.candidates = forward.points_near_centre(reach)
+        self.half_width = forward.max_radius  # no point lies farther from the centre
 
     def __call__(self, params, x, y):
         x, y = jnp.asarray(x), jnp.asarray(y)
@@ -494,7 +528,7 @@ class _ForwardModelField:
         f = self.field
         out_dtype = jnp.result_type(x, float)
         xi, yi = x.astype(f.interp_dtype), y.astype(f.interp_dtype)
-        padded, origin = f.map_table(params)
+        padded, origin = f.map_table(params, self.half_width)
         # (interpolating the 2-D arrays, then flattening, is ~2x faster in reverse mode on CPU
         # than interpolating flattened arrays)
         coarse = cubic_interpolate(padded, origin, PIXEL_ARCSEC, xi, yi).ravel()
@@ -534,6 +568,7 @@ def build_setup(
     imaging_settings: ImagingSettings | None = None,
     newton_iterations: int = 10,
     supersampling: int = MODEL_SUPERSAMPLING,
+    sampling: str = "auto",
     quad_nodes: int | None = MODEL_QUAD_NODES,
     field=None,
     solver_start: dict | None = None,
@@ -550,7 +585,9 @@ def build_setup(
         imaging_settings: imaging settings (default: ``data.imaging_settings``, else the
             defaults); must match the data's image size.
         newton_iterations: Newton iterations of the lens-equation solvers.
-        supersampling: sub-pixels per spaxel side of the kinematic forward model.
+        supersampling: sub-pixels (lattice cells) per spaxel side of the kinematic forward model.
+        sampling: the kinematic forward model's sampling (see
+            ``skinn_jax.forward.build_forward_model``).
         quad_nodes: Gauss-Legendre nodes of the model's cored power law, replacing
             ``imaging_settings.quad_nodes`` (None: keep it).
         field: a ``vrms_at(params, x, y)`` field to use instead of the emulator (e.g. JAM truth).
@@ -585,6 +622,7 @@ def build_setup(
             supersampling=supersampling,
             center_box=priors.center_box(),
             physical_distances=False,
+            sampling=sampling,
         )
         if isinstance(field, EmulatorField):
             # the same field, restricted to this forward model's sub-pixels (faster gradient)

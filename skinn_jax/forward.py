@@ -54,6 +54,7 @@ emulator's 551 x 551 map once per call and interpolates it (Keys cubic convoluti
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -68,15 +69,32 @@ from jax.typing import ArrayLike
 
 from .cosmology import vrms_distance_factor
 from .grid import HALF_WIDTH_ARCSEC, PIXEL_ARCSEC, mirror_quadrant
-from .ifu import PSF, KinematicData, SpaxelGrid, psf_kernel
+from .ifu import FWHM_PER_SIGMA, PSF, KinematicData, SpaxelGrid, psf_kernel
 from .profiles import SersicLight, e1e2_from_q_phi, sersic_light, to_galaxy_frame
+from .quadrature import Lattice, build_lattice, galaxy_offsets, is_square_pixel_matrix
+from .quadrature import bin_sums as lattice_bin_sums
 
 VrmsField = Callable[[Array, Array, Array], Array]
 """``vrms_at(params, x_gal, y_gal) -> v_rms``: params (8,), galaxy-frame arcsec (any shape), km/s
 at the fiducial distances; e.g. ``skinn_jax.Emulator.vrms_at``."""
 
 DEFAULT_SUPERSAMPLING = 5
-"""Sub-pixels per spaxel side (0.01 arcsec for 0.05 arcsec spaxels)."""
+"""Sub-pixels per spaxel side of ``sampling="points"`` (0.01 arcsec for 0.05 arcsec spaxels)."""
+
+LATTICE_CELL_PER_SIGMA = 1.25
+"""Largest lattice cell of ``sampling="centred"`` in units of the PSF σ when the supersampling is
+not given: ``s = ceil(spaxel / (1.25 σ))``, between 1 and 5. Gives s = 1 for 0.05" spaxels with a
+0.1" PSF (binned v_rms within 0.01 km/s of the converged prediction, shipped emulator) and for
+0.1457" spaxels with a 0.96" PSF (within 0.0013 km/s); ``docs/forward_model.md``."""
+
+
+def default_lattice_supersampling(grid: SpaxelGrid, psf: PSF) -> int:
+    """Lattice cells per spaxel side for ``sampling="centred"`` (:data:`LATTICE_CELL_PER_SIGMA`)."""
+    sigma = psf.fwhm / FWHM_PER_SIGMA
+    if sigma <= 0:
+        return DEFAULT_SUPERSAMPLING
+    cells = math.ceil(grid.pixel_scale / (LATTICE_CELL_PER_SIGMA * sigma) - 1e-9)
+    return int(min(DEFAULT_SUPERSAMPLING, max(1, cells)))
 
 
 class SkyParams(NamedTuple):
@@ -127,9 +145,12 @@ DEFAULT_CENTER_BOX = CenterBox()
 class ForwardModel:
     """Precomputed, data-only part of the forward model (built by :func:`build_forward_model`).
 
+    ``sampling="centred"`` keeps its tables in ``lattice`` (:mod:`skinn_jax.quadrature`) and
+    leaves the sub-pixel grid fields (``kernel`` ... ``kernel_fft``) as ``None``.
+
     Attributes:
         grid: the spaxel grid, shape ``(ny, nx)``.
-        supersampling: ``s``, sub-pixels per spaxel side.
+        supersampling: ``s``, sub-pixels (lattice cells) per spaxel side.
         kernel: PSF kernel on the sub-pixel grid, shape ``(2 hy + 1, 2 hx + 1)``.
         pad: ``(hy, hx)``, the PSF margin in sub-pixels.
         x_sky, y_sky: sub-pixel centres of the padded grid, arcsec, shape
@@ -145,6 +166,8 @@ class ForwardModel:
         center_box: allowed lens centres.
         field_half_width: half-width of the field the v_rms callable covers, arcsec.
         max_radius: largest distance of a needed sub-pixel from a centre in ``center_box``.
+        sampling: ``"points"`` (sub-pixel centres fixed on the sky) or ``"centred"``.
+        lattice: the centre-aligned quadrature tables (``sampling="centred"``), else None.
     """
 
     grid: SpaxelGrid
@@ -164,16 +187,36 @@ class ForwardModel:
     center_box: CenterBox
     field_half_width: float
     max_radius: float
+    sampling: str = "points"
+    lattice: Lattice | None = None
 
     @property
     def padded_shape(self) -> tuple[int, int]:
-        """Shape of the padded sub-pixel grid."""
+        """Shape of the padded sub-pixel grid (``sampling="points"``)."""
         return self.x_sky.shape
+
+    @property
+    def point_shape(self) -> tuple[int, ...]:
+        """Shape of the arrays of points the light and the field are evaluated on."""
+        if self.lattice is not None:
+            return (self.lattice.n_points,)
+        return self.padded_shape
 
     @property
     def n_points(self) -> int:
         """Number of field evaluations per prediction."""
-        return int(self.x_sky.size)
+        return int(np.prod(self.point_shape))
+
+    def points_near_centre(self, radius: float) -> np.ndarray:
+        """Flat indices of the points that can lie within ``radius`` arcsec of the lens centre
+        (for some centre in ``center_box``)."""
+        if self.lattice is not None:
+            return np.flatnonzero(np.hypot(*self.lattice.offsets) <= radius)
+        box = self.center_box
+        xs, ys = self.x_sky.ravel(), self.y_sky.ravel()
+        dx = np.maximum(0.0, np.maximum(box.x_min - xs, xs - box.x_max))
+        dy = np.maximum(0.0, np.maximum(box.y_min - ys, ys - box.y_max))
+        return np.flatnonzero(np.hypot(dx, dy) <= radius)
 
 
 def build_forward_model(
@@ -181,26 +224,37 @@ def build_forward_model(
     bin_map: np.ndarray,
     psf: PSF,
     *,
-    supersampling: int = DEFAULT_SUPERSAMPLING,
+    supersampling: int | None = None,
     light: Literal["sersic", "herculens"] = "sersic",
     moment: Literal["second", "first"] = "second",
     convolution: Literal["fft", "direct"] = "fft",
     center_box: CenterBox = DEFAULT_CENTER_BOX,
     field_half_width: float = HALF_WIDTH_ARCSEC,
+    sampling: Literal["auto", "centred", "points"] = "auto",
 ) -> ForwardModel:
     """Precompute the forward model for a spaxel grid, bin map and PSF (eager NumPy).
+
+    ``sampling="centred"`` (:mod:`skinn_jax.quadrature`) integrates the light and the
+    light-weighted moment over cells of a lattice centred on the lens, with the cusp treated
+    exactly and the PSF and spaxel integrated analytically: the binned prediction is a smooth
+    function of the centre. It needs a Gaussian PSF and square spaxels. ``"points"`` samples
+    fixed sub-pixel centres and convolves on the sub-pixel grid (any PSF and pixel matrix; the
+    central spaxels are wrong by up to a few per cent when a sub-pixel centre falls on the
+    lens). ``"auto"`` (default) is ``"centred"`` where it applies, else ``"points"``.
 
     Args:
         grid: spaxel grid.
         bin_map: integer bin index per spaxel, shape ``grid.shape``, negative = unused; the bins
             are ``0 .. max(bin_map)``.
         psf: PSF (a pixelated one must be sampled at ``supersampling``).
-        supersampling: sub-pixels per spaxel side (``>= 1``).
+        supersampling: sub-pixels per spaxel side (``>= 1``); None: 5 for ``"points"``,
+            :func:`default_lattice_supersampling` for ``"centred"``.
         light: lens-light profile used as the weight (see module docstring).
         moment: ``"second"`` (luminosity-weighted v_rms², the default) or ``"first"``.
         convolution: ``"fft"`` (default) or ``"direct"``.
         center_box: sky box (arcsec) of lens centres the model will be used with.
         field_half_width: the v_rms field covers ``|x'|, |y'| <= field_half_width`` (arcsec).
+        sampling: ``"auto"``, ``"centred"`` or ``"points"`` (see above).
 
     Returns:
         The :class:`ForwardModel`.
@@ -208,8 +262,25 @@ def build_forward_model(
     Raises:
         ValueError: invalid options, a bin map that does not match the grid or has no used
             spaxel or an empty bin index, a pixelated PSF at another supersampling, or a needed
-            sub-pixel outside the field for some centre in ``center_box`` and some φ.
+            sub-pixel outside the field for some centre in ``center_box`` and some φ;
+            ``sampling="centred"`` with a pixelated PSF or non-square spaxels.
     """
+    if sampling not in ("auto", "centred", "points"):
+        raise ValueError(f"sampling must be 'auto', 'centred' or 'points', got {sampling!r}")
+    centred_ok = psf.kernel is None and is_square_pixel_matrix(grid.pix2angle)
+    if sampling == "centred" and not centred_ok:
+        raise ValueError(
+            "sampling='centred' needs a Gaussian PSF and square spaxels (a scaled rotation or "
+            "flip as pix2angle); use sampling='points'"
+        )
+    sampling = "centred" if sampling == "auto" and centred_ok else sampling
+    sampling = "points" if sampling == "auto" else sampling
+    if supersampling is None:
+        supersampling = (
+            default_lattice_supersampling(grid, psf)
+            if sampling == "centred"
+            else DEFAULT_SUPERSAMPLING
+        )
     if int(supersampling) != supersampling or supersampling < 1:
         raise ValueError(f"supersampling must be a positive integer, got {supersampling}")
     s = int(supersampling)
@@ -236,6 +307,20 @@ def build_forward_model(
     if np.any(counts == 0):
         empty = np.flatnonzero(counts == 0).tolist()
         raise ValueError(f"bin indices {empty[:10]} have no spaxel in bin_map (empty bins)")
+    if sampling == "centred":
+        corners = np.array([[box.x_min, box.x_max, box.x_min, box.x_max],
+                            [box.y_min, box.y_min, box.y_max, box.y_max]])  # fmt: skip
+        lattice = build_lattice(
+            grid, bins, n_bins, psf.fwhm / FWHM_PER_SIGMA, s, corners,
+            truncation=psf.truncation, field_half_width=field_half_width,
+        )  # fmt: skip
+        return ForwardModel(
+            grid=grid, supersampling=s, kernel=None, pad=None, x_sky=None, y_sky=None,
+            needed=None, spaxel_bins=lattice.spaxel_bins, n_bins=n_bins, light=light,
+            moment=moment, convolution=convolution, fft_shape=None, kernel_fft=None,
+            center_box=box, field_half_width=float(field_half_width),
+            max_radius=lattice.max_radius, sampling="centred", lattice=lattice,
+        )  # fmt: skip
 
     kernel = psf_kernel(psf, grid, s)
     hy, hx = (kernel.shape[0] - 1) // 2, (kernel.shape[1] - 1) // 2
@@ -314,24 +399,35 @@ def _float(a) -> Array:
 
 
 def galaxy_frame_points(model: ForwardModel, sky: SkyParams) -> tuple[Array, Array]:
-    """Galaxy-frame coordinates of the padded sub-pixel grid.
+    """Galaxy-frame coordinates of the points the light and the field are evaluated on.
 
     Args:
         model: the forward model.
         sky: sky parameters (only ``phi``, ``center_x``, ``center_y`` are used).
 
     Returns:
-        ``(x_gal, y_gal)``, arcsec, shape ``model.padded_shape``.
+        ``(x_gal, y_gal)``, arcsec, shape ``model.point_shape``: the padded sub-pixel grid, or
+        (``sampling="centred"``) the lattice's points, which do not depend on the centre.
     """
+    if model.lattice is not None:
+        return galaxy_offsets(model.lattice, sky.phi, _float(0.0).dtype)
     return to_galaxy_frame(
         _float(model.x_sky), _float(model.y_sky), sky.center_x, sky.center_y, sky.phi
     )
 
 
+def sky_points(model: ForwardModel, sky: SkyParams) -> tuple[Array, Array]:
+    """Sky coordinates (arcsec) of the points of :func:`galaxy_frame_points`."""
+    if model.lattice is not None:
+        offsets = _float(model.lattice.offsets)
+        return sky.center_x + offsets[0], sky.center_y + offsets[1]
+    return _float(model.x_sky), _float(model.y_sky)
+
+
 def lens_light(
     model: ForwardModel, params: ArrayLike, sky: SkyParams, x_gal: Array, y_gal: Array
 ) -> Array:
-    """Lens surface brightness (unit amplitude at ``r_sersic``) on the padded sub-pixel grid.
+    """Lens surface brightness (unit amplitude at ``r_sersic``) on the model's points.
 
     Args:
         model: the forward model (its ``light`` option picks the profile).
@@ -350,10 +446,10 @@ def lens_light(
     from herculens.LightModel.Profiles.sersic import Sersic
 
     e1, e2 = e1e2_from_q_phi(q_light, sky.phi)
+    x_sky, y_sky = sky_points(model, sky)
     return Sersic().function(
-        _float(model.x_sky), _float(model.y_sky), 1.0, r_sersic, n_sersic, e1, e2,
-        sky.center_x, sky.center_y,
-    )  # fmt: skip
+        x_sky, y_sky, 1.0, r_sersic, n_sersic, e1, e2, sky.center_x, sky.center_y
+    )
 
 
 def convolve_valid(model: ForwardModel, images: Array) -> Array:
@@ -402,32 +498,57 @@ def bin_sums(model: ForwardModel, images: Array) -> Array:
     return jnp.moveaxis(sums[: model.n_bins], 0, -1)
 
 
-def binned_vrms_from_fields(model: ForwardModel, light: Array, vrms: Array) -> Array:
-    """Luminosity-weighted, seeing-convolved, binned v_rms from fields on the padded grid.
+def binned_vrms_from_fields(
+    model: ForwardModel, light: Array, vrms: Array, sky: SkyParams | None = None
+) -> Array:
+    """Luminosity-weighted, seeing-convolved, binned v_rms from fields on the model's points.
 
     Args:
         model: the forward model.
-        light: lens surface brightness, shape ``model.padded_shape`` (any normalisation).
+        light: lens surface brightness, shape ``model.point_shape`` (any normalisation).
         vrms: v_rms, km/s, same shape (values at sub-pixels with ``needed = False`` are unused).
+        sky: sky parameters (needed by ``sampling="centred"``, whose weights move with the
+            centre).
 
     Returns:
         v_rms per bin, km/s, shape ``(n_bins,)`` (no distance factor applied).
     """
     moment = vrms**2 if model.moment == "second" else vrms
-    return binned_vrms_from_moments(model, light, light * moment)
+    return binned_vrms_from_moments(model, light, light * moment, sky)
 
 
-def binned_vrms_from_moments(model: ForwardModel, light: Array, weighted: Array) -> Array:
-    """Binned v_rms from the light ``I`` and the light-weighted moment on the padded grid.
+def bin_moment_sums(model: ForwardModel, images: Array, sky: SkyParams | None = None) -> Array:
+    """Seeing-convolved, spaxel-integrated, binned sums of images on the model's points.
+
+    Args:
+        model: the forward model.
+        images: shape ``(k,) + model.point_shape``.
+        sky: sky parameters (required for ``sampling="centred"``).
+
+    Returns:
+        Shape ``(k, n_bins)``; normalisations differ between the samplings (only ratios of
+        sums of the same model are meaningful).
+    """
+    if model.lattice is None:
+        return bin_sums(model, convolve_valid(model, images))
+    if sky is None:
+        raise ValueError("sampling='centred' needs the sky parameters (the lens centre)")
+    return lattice_bin_sums(model.lattice, images, sky.center_x, sky.center_y)
+
+
+def binned_vrms_from_moments(
+    model: ForwardModel, light: Array, weighted: Array, sky: SkyParams | None = None
+) -> Array:
+    """Binned v_rms from the light ``I`` and the light-weighted moment on the model's points.
 
     ``weighted`` is ``I v_rms**2`` (``I v_rms`` for ``moment="first"``); for a light of several
-    components, ``sum_k I_k v_k**2`` with ``light = sum_k I_k`` (CONVENTIONS §9).
+    components, ``sum_k I_k v_k**2`` with ``light = sum_k I_k`` (CONVENTIONS §9). ``sky`` is
+    required for ``sampling="centred"``.
 
     Returns:
         v_rms per bin, km/s, shape ``(n_bins,)`` (no distance factor applied).
     """
-    convolved = convolve_valid(model, jnp.stack([weighted, light]))
-    num, den = bin_sums(model, convolved)
+    num, den = bin_moment_sums(model, jnp.stack([weighted, light]), sky)
     ratio = num / den
     if model.moment == "first":
         return ratio
@@ -441,10 +562,11 @@ def binned_vrms_from_moments(model: ForwardModel, light: Array, weighted: Array)
 def field_on_points(
     model: ForwardModel, vrms_at: VrmsField, params: ArrayLike, x_gal: Array, y_gal: Array
 ) -> Array:
-    """Evaluate ``vrms_at`` on the padded grid; points that affect no used bin get the centre's."""
-    needed = jnp.asarray(model.needed)
-    if bool(np.all(model.needed)):
+    """Evaluate ``vrms_at`` on the model's points; points that affect no used bin get the
+    centre's."""
+    if model.lattice is not None or bool(np.all(model.needed)):
         return vrms_at(params, x_gal, y_gal)
+    needed = jnp.asarray(model.needed)
     return vrms_at(params, jnp.where(needed, x_gal, 0.0), jnp.where(needed, y_gal, 0.0))
 
 
@@ -472,7 +594,7 @@ def predict_binned_vrms(
     light = lens_light(model, params, sky, x_gal, y_gal)
     vrms = field_on_points(model, vrms_at, params, x_gal, y_gal)
     factor = vrms_distance_factor(sky.D_dt, sky.D_d, z_d)
-    return factor * binned_vrms_from_fields(model, light, vrms)
+    return factor * binned_vrms_from_fields(model, light, vrms, sky)
 
 
 def component_params(params: ArrayLike, light: SersicLight) -> Array:
@@ -526,7 +648,7 @@ def predict_binned_vrms_components(
     vrms = jax.vmap(lambda p: field_on_points(model, vrms_at, p, x_gal, y_gal))(per_component)
     weighted = jnp.sum(brightness * vrms**2, axis=0)
     factor = vrms_distance_factor(sky.D_dt, sky.D_d, z_d)
-    return factor * binned_vrms_from_moments(model, jnp.sum(brightness, axis=0), weighted)
+    return factor * binned_vrms_from_moments(model, jnp.sum(brightness, axis=0), weighted, sky)
 
 
 def convolved_light_image(model: ForwardModel, params: ArrayLike, sky: SkyParams) -> Array:
@@ -539,7 +661,12 @@ def convolved_light_image(model: ForwardModel, params: ArrayLike, sky: SkyParams
 
     Returns:
         Mean surface brightness per spaxel, shape ``grid.shape``.
+
+    Raises:
+        ValueError: a ``sampling="centred"`` model (its spaxel sums cover the used ones only).
     """
+    if model.lattice is not None:
+        raise ValueError("convolved_light_image needs a sampling='points' forward model")
     x_gal, y_gal = galaxy_frame_points(model, sky)
     light = lens_light(model, jnp.asarray(params), sky, x_gal, y_gal)
     convolved = convolve_valid(model, light)

@@ -33,7 +33,6 @@ from jax.typing import ArrayLike
 
 from .forward import (
     DEFAULT_CENTER_BOX,
-    DEFAULT_SUPERSAMPLING,
     CenterBox,
     ForwardModel,
     SkyParams,
@@ -111,8 +110,8 @@ class KinematicLikelihood:
         data: the binned kinematic data (grid, bin map, v_rms, covariance, PSF, ``z_d``).
         vrms_at: galaxy-frame field ``vrms_at(params, x, y)`` in km/s at the fiducial
             distances, e.g. ``skinn_jax.Emulator.load().vrms_at``.
-        supersampling, light, moment, convolution, center_box, field_half_width: forward-model
-            options, see :func:`skinn_jax.forward.build_forward_model`.
+        supersampling, light, moment, convolution, center_box, field_half_width, sampling:
+            forward-model options, see :func:`skinn_jax.forward.build_forward_model`.
         physical_distances: refuse concrete ``D_dt < D_d`` (impossible: ``D_dt = (1 + z_d) D_d
             D_s / D_ds``); False for a model whose distance prior includes such pairs.
 
@@ -127,12 +126,13 @@ class KinematicLikelihood:
         data: KinematicData,
         vrms_at: VrmsField,
         *,
-        supersampling: int = DEFAULT_SUPERSAMPLING,
+        supersampling: int | None = None,
         light: Literal["sersic", "herculens"] = "sersic",
         moment: Literal["second", "first"] = "second",
         convolution: Literal["fft", "direct"] = "fft",
         center_box: CenterBox = DEFAULT_CENTER_BOX,
         field_half_width: float = HALF_WIDTH_ARCSEC,
+        sampling: Literal["auto", "centred", "points"] = "auto",
         physical_distances: bool = True,
     ) -> None:
         if not isinstance(data, KinematicData):
@@ -150,6 +150,7 @@ class KinematicLikelihood:
             convolution=convolution,
             center_box=center_box,
             field_half_width=field_half_width,
+            sampling=sampling,
         )
 
     def predict(self, params: ArrayLike, sky: SkyParams, light: SersicLight | None = None) -> Array:

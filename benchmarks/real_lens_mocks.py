@@ -172,14 +172,7 @@ def d_d_posterior(emu: Emulator, mock: dict, paper: bool, n_beta=33, n_cosi=25):
         params, fit_light = paper_box_params(params, light)
     else:
         fit_light = light
-    model = build_forward_model(
-        data.grid,
-        data.bin_map,
-        data.psf,
-        supersampling=FIT_SUPERSAMPLING,
-        center_box=CENTER,
-        sampling="points",
-    )
+    model = data_model(data, FIT_SUPERSAMPLING)
     sky_fid = mock["sky"]._replace(D_dt=FIDUCIAL.D_dt, D_d=FIDUCIAL.D_d)
     field = field_from_quadrant(emu.vrms_quadrant, emu.vrms_at)
 
@@ -219,10 +212,9 @@ def d_d_posterior(emu: Emulator, mock: dict, paper: bool, n_beta=33, n_cosi=25):
     return {"mean": mean, "sd": sd, "q": q.tolist()}
 
 
-def truth_convergence(mock: dict, supersampling: int = 11) -> float:
-    """Largest change of the JAM-truth bins from TRUTH_SUPERSAMPLING to ``supersampling``."""
-    data: KinematicData = mock["data"]
-    model = build_forward_model(
+def data_model(data: KinematicData, supersampling: int):
+    """The point-sampled forward model of a mock's data (the set-up its figures were made with)."""
+    return build_forward_model(
         data.grid,
         data.bin_map,
         data.psf,
@@ -230,6 +222,11 @@ def truth_convergence(mock: dict, supersampling: int = 11) -> float:
         center_box=CENTER,
         sampling="points",
     )
+
+
+def truth_convergence(mock: dict, supersampling: int = 11) -> float:
+    """Largest change of the JAM-truth bins from TRUTH_SUPERSAMPLING to ``supersampling``."""
+    model = data_model(mock["data"], supersampling)
     fine = jam_truth_bins(
         model, mock["params"], mock["sky"], jam_distances(mock["sky"], Z_D), light=mock["light"]
     )
@@ -239,15 +236,7 @@ def truth_convergence(mock: dict, supersampling: int = 11) -> float:
 def prediction_at_truth(emu: Emulator, mock: dict) -> np.ndarray:
     """The emulator's binned v_rms (two components by linearity) at the true parameters and
     distances, to compare per bin with JAM run on the combined MGE of both components."""
-    data: KinematicData = mock["data"]
-    model = build_forward_model(
-        data.grid,
-        data.bin_map,
-        data.psf,
-        supersampling=FIT_SUPERSAMPLING,
-        center_box=CENTER,
-        sampling="points",
-    )
+    model = data_model(mock["data"], FIT_SUPERSAMPLING)
     field = field_from_quadrant(emu.vrms_quadrant, emu.vrms_at)
     pred = predict_binned_vrms_components(
         model, field, jnp.asarray(mock["params"]), mock["light"], mock["sky"], Z_D

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 for _k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_k, "1")
@@ -33,6 +32,7 @@ import numpy as np  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
+from profile_model_eval import median_time_ms  # noqa: E402  (benchmarks/ is on the path)
 from skinn_jax.inference.mock_system import make_mock_system  # noqa: E402
 from skinn_jax.inference.model import (  # noqa: E402
     SystemData,
@@ -77,22 +77,14 @@ def likelihood(data, field, **options) -> KinematicLikelihood:
     return lik
 
 
-def median_ms(fn, args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
-
-
 def timings(lik, repeats: int) -> tuple[float, float]:
     params = jnp.asarray(PARAMS)
     sky = SkyParams(*(jnp.asarray(v) for v in SKY))
     value = jax.jit(lik)
     both = jax.jit(jax.value_and_grad(lik, argnums=(0, 1)))
-    return median_ms(value, (params, sky), repeats), median_ms(both, (params, sky), repeats)
+    return median_time_ms(value, (params, sky), repeats), median_time_ms(
+        both, (params, sky), repeats
+    )
 
 
 def prediction(lik) -> np.ndarray:

@@ -13,9 +13,9 @@ Timed, in one run, after jit warm-up, median of ``--repeats`` calls:
   evaluations (one-sided finite differences), which is the number the ratio uses.
 
 ``--field`` picks the JAX field: ``analytic`` (a cheap smooth function: the cost of the forward
-model itself), ``jam`` (JAM truth tabulated at the true parameters and interpolated in JAX: a
-table lookup), ``emulator`` (``skinn_jax.Emulator.load().vrms_at``; skipped with a message if
-the emulator or its checkpoint is not available) or ``untrained`` (an untrained network of the
+model itself), ``jam`` (JAM truth tabulated at the true parameters and interpolated in JAX: a table
+lookup), ``emulator`` (``skinn_jax.Emulator.load("pca64s").vrms_at``; skipped with a message if the
+emulator or its checkpoint is not available) or ``untrained`` (an untrained network of the
 emulator's default architecture, ``skinn_jax.networks.NetworkConfig()``: the emulator's cost before
 trained weights exist). ``emulator`` and ``untrained`` evaluate ``vrms_at`` at every sub-pixel;
 ``emulator-map`` and ``untrained-map`` evaluate ``vrms_quadrant`` once and interpolate the map,
@@ -70,14 +70,14 @@ def analytic_field(p, x, y):
 
 
 def load_emulator():
-    """``Emulator.load()``, or None with a message."""
+    """``Emulator.load("pca64s")`` (the paper box of the stand-in fields), or None (a message)."""
     try:
         import skinn_jax
 
         emulator_class = getattr(skinn_jax, "Emulator", None)
         if emulator_class is None:
             from skinn_jax.emulator import Emulator as emulator_class
-        emu = emulator_class.load()
+        emu = emulator_class.load("pca64s")
     except Exception as err:  # noqa: BLE001 - any failure means "not available yet"
         print(f"emulator not available ({type(err).__name__}: {err}); skipping --field emulator")
         return None

@@ -546,8 +546,14 @@ def emulator_field(emu, interp_dtype=jnp.float32) -> EmulatorField:
     return EmulatorField(emu, interp_dtype)
 
 
+PAPER_BOX_EMULATOR = "pca64s"
+"""The shipped emulator of the paper's eight-parameter box, which this model's priors, mock
+systems and parameter conversions are written for (the package default is the real-lens one)."""
+
+
 def load_emulator(checkpoint=None):
-    """``skinn_jax.Emulator.load(checkpoint)`` (the shipped default if None), float32 weights.
+    """``skinn_jax.Emulator.load(checkpoint)`` (:data:`PAPER_BOX_EMULATOR` if None), float32
+    weights.
 
     Loaded with float64 disabled: under ``jax_enable_x64`` the checkpoint loader builds the
     network's abstract parameters with a float64 coordinate embedding and the checksum fails.
@@ -555,7 +561,7 @@ def load_emulator(checkpoint=None):
     import skinn_jax
 
     with jax.enable_x64(False):
-        return skinn_jax.Emulator.load(checkpoint)
+        return skinn_jax.Emulator.load(checkpoint or PAPER_BOX_EMULATOR)
 
 
 def build_setup(

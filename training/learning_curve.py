@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .baseline import BaselineConfig, train_baseline
+from .generate import DataSet
 from .train import TrainConfig, train
 
 
@@ -112,8 +113,6 @@ def main() -> None:
     out = args.docs / f"learning_curve_{label}.json"
     settings = {"kind": args.kind, "label": label, "steps": args.steps}
     if args.kind == "pca":
-        from .generate import DataSet
-
         settings |= {
             "components": args.components,
             "width": args.width,
@@ -125,6 +124,10 @@ def main() -> None:
                          "depth": args.mapping_depth}  # fmt: skip
     else:
         settings["config"] = args.config
+        base = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+        space = DataSet(base.train_data).space.name
+        if space != "paper":
+            settings["space"] = space
     space = settings.get("space", "paper")
     done = {}
     if out.exists():  # resume a curve with the same settings; never mix settings

@@ -33,12 +33,13 @@ from skinn_jax.networks import (
     NetworkConfig,
     compress_negative,
     count_parameters,
+    cusp_weight,
     make_network,
     normalised_target,
     relative_velocity,
     velocity_scale,
 )
-from skinn_jax.params import PAPER_SPACE, ParamSpace, normalise_params
+from skinn_jax.params import PAPER_SPACE, ParamSpace
 
 from .generate import DataSet
 
@@ -205,26 +206,47 @@ def check_signed_target(signed: bool, target: str, fix: str) -> None:
         )
 
 
-def predict_u(net, variables, p, x, y):
-    """Normalised second moment (B, P) for physical parameters p (B, 8) at points (P,)."""
-    return net.apply(variables, normalise_params(p), x, y)
+def predict_u(net, variables, p, x, y, space: ParamSpace = PAPER_SPACE):
+    """Network output (B, n) for physical parameters p (B, P) of ``space`` at points (n,):
+    the normalised second moment, times :func:`~skinn_jax.networks.cusp_weight` when
+    ``net.config.cusp_weight``."""
+    return net.apply(variables, space.normalise(p), x, y)
+
+
+def _cusp(net, p, x, y):
+    """The cusp weight (B, n) at points (n,) if the network emulates ``w u``, else 1."""
+    if not net.config.cusp_weight:
+        return jnp.ones((), p.dtype)
+    return cusp_weight(p, jnp.hypot(x, y)[None, :])
 
 
 def loss_fn(
-    params, constants, net, p, x, y, v_true, second_moment_weight, signed=False, negative_scale=0.0
+    params,
+    constants,
+    net,
+    p,
+    x,
+    y,
+    v_true,
+    second_moment_weight,
+    signed=False,
+    negative_scale=0.0,
+    space: ParamSpace = PAPER_SPACE,
 ):
     """Relative velocity error plus ``second_moment_weight`` x the error in target space.
 
     ``v_true`` (B, P) km/s is the clipped truth, or with ``signed`` the signed velocity
     ``sign(v2) sqrt(|v2|)``, whose (compressed) signed second moment is then the target; else
-    zero pixels only penalise positive output (a hinge).
+    zero pixels only penalise positive output (a hinge). With ``net.config.cusp_weight`` the
+    network's output and target are ``w u`` (bounded at a singular centre).
     """
     variables = {"params": params, **constants}
-    u = predict_u(net, variables, p, x, y)
+    w = _cusp(net, p, x, y)
+    u = predict_u(net, variables, p, x, y, space)
     scale = velocity_scale(p)[:, None]
-    v_pred = scale * relative_velocity(u, net.config.target)
+    v_pred = scale * relative_velocity(u / w, net.config.target)
     rel = (v_pred - jnp.maximum(v_true, 0.0)) / scale
-    u_true = normalised_target(v_true / scale, net.config.target)
+    u_true = w * normalised_target(v_true / scale, net.config.target)
     if signed:
         u_err = u - compress_negative(u_true, negative_scale)
     else:
@@ -252,7 +274,7 @@ def ema_weights(state, decay: float):
     return jax.tree_util.tree_map(lambda e: e / correction, state["ema"])
 
 
-def make_train_step(net, optimizer, cfg: TrainConfig):
+def make_train_step(net, optimizer, cfg: TrainConfig, space: ParamSpace = PAPER_SPACE):
     def step(state, constants, p, x, y, v_true):
         loss, grads = jax.value_and_grad(loss_fn)(
             state["params"],
@@ -265,6 +287,7 @@ def make_train_step(net, optimizer, cfg: TrainConfig):
             cfg.second_moment_weight,
             cfg.signed,
             cfg.negative_scale,
+            space,
         )
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
@@ -314,7 +337,7 @@ def predict_quadrants(
     out = np.empty((len(params), sampler_x.size), np.float32)
     for i in range(0, len(params), batch):
         p = jnp.asarray(params[i : i + batch], jnp.float32)
-        u = style_fn(variables, p) @ feats.T
+        u = (style_fn(variables, p) @ feats.T) / _cusp(net, p, sampler_x, sampler_y)
         out[i : i + batch] = np.asarray(
             velocity_scale(p)[:, None] * relative_velocity(u, net.config.target)
         )
@@ -336,9 +359,9 @@ def _mesh_shardings(batch_maps: int):
     return NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
 
 
-def init_state(net, optimizer, cfg: TrainConfig, constants=None):
+def init_state(net, optimizer, cfg: TrainConfig, constants=None, n_params: int = 8):
     key = jax.random.PRNGKey(cfg.seed)
-    variables = net.init(key, jnp.zeros((1, 8)), jnp.zeros(4), jnp.zeros(4))
+    variables = net.init(key, jnp.zeros((1, n_params)), jnp.zeros(4), jnp.zeros(4))
     params = variables["params"]
     consts = {k: v for k, v in variables.items() if k != "params"}
     if constants is not None:
@@ -399,9 +422,15 @@ def train(
     else:
         config_path.write_text(json.dumps(cfg.to_dict(), indent=1))
 
+    space = DataSet(cfg.train_data).space
+    if DataSet(cfg.val_data).space is not space:
+        raise ValueError(
+            f"{cfg.train_data} ({space.name}) and {cfg.val_data} "
+            f"({DataSet(cfg.val_data).space.name}) are from different parameter spaces"
+        )
     net = make_network(cfg.network)
     optimizer = make_optimizer(cfg)
-    state, consts = init_state(net, optimizer, cfg, constants)
+    state, consts = init_state(net, optimizer, cfg, constants, space.n_params)
     manager = ocp.CheckpointManager(
         out / "orbax", options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
     )
@@ -431,7 +460,7 @@ def train(
 
     sampler = PixelSampler(cfg.inner_fraction, cfg.core_fraction)
     batch_sharding, replicated = _mesh_shardings(cfg.batch_maps)
-    train_step = make_train_step(net, optimizer, cfg)
+    train_step = make_train_step(net, optimizer, cfg, space)
     state = jax.device_put(state, replicated)
     consts = jax.device_put(consts, replicated)
 
@@ -465,7 +494,7 @@ def train(
             _stop_diverged(done, f"loss {losses[-1]}", cfg, out, bar, log_file, manager)
         bar.update()
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            summary = validation_summary(net, state, consts, cfg, params_val, vrms_val)
+            summary = validation_summary(net, state, consts, cfg, params_val, vrms_val, space)
             writer.writerow(
                 [
                     done,
@@ -503,7 +532,7 @@ def train(
     result = {"step": int(state["step"]), "finished": finished, **run_info, **summary}
     if will_export:
         if not summary:  # no evaluation in this invocation (e.g. an already finished run)
-            summary = validation_summary(net, state, consts, cfg, params_val, vrms_val)
+            summary = validation_summary(net, state, consts, cfg, params_val, vrms_val, space)
         check_export_target(cfg.export, overwrite)  # again: it may have appeared meanwhile
         info = {
             "training": {
@@ -533,7 +562,7 @@ def train(
         variables = jax.tree_util.tree_map(
             np.asarray, {"params": ema_weights(state, cfg.ema_decay), **consts}
         )
-        save_checkpoint(cfg.export, cfg.network, variables, info)
+        save_checkpoint(cfg.export, cfg.network, variables, info, space=space)
         result["exported"] = cfg.export
     elif cfg.export:
         result["exported"] = None
@@ -563,10 +592,12 @@ def check_export_target(export: str | Path, overwrite: bool) -> None:
         )
 
 
-def validation_summary(net, state, consts, cfg: TrainConfig, params_val, vrms_val) -> dict:
+def validation_summary(
+    net, state, consts, cfg: TrainConfig, params_val, vrms_val, space: ParamSpace = PAPER_SPACE
+) -> dict:
     """Validation metrics (km/s, paper Sec. 4.1) of the EMA weights at the current step."""
     variables = {"params": ema_weights(state, cfg.ema_decay), **consts}
-    pred = predict_quadrants(net, variables, params_val)
+    pred = predict_quadrants(net, variables, params_val, space=space)
     e, abs_e = full_map_errors(pred, vrms_val)
     return {
         "val_step": int(state["step"]),

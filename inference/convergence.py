@@ -359,7 +359,7 @@ def _causes(checks, columns, policy, n_div, depth_hits, max_tree_depth, failing)
         causes.append(
             "piling up at a prior box face: "
             + ", ".join(f"{c.name} ({c.face})" for c in faces)
-            + " (a wall in the sampled coordinates: see docs/convergence.md)"
+            + " (truncated by the prior box: see docs/convergence.md)"
         )
     modal = [by_name[n] for n in failing if by_name[n].separation > policy.mode_separation]
     if modal:

@@ -73,18 +73,49 @@ def _flat_draws(idata, name: str) -> np.ndarray | None:
     return None if draws is None else draws.reshape(-1)
 
 
+def stored_truth(per_mode: dict, name: str) -> float | None:
+    """The truth of ``name`` the fit was made with: its summary table's ``truth`` (``D_dt / D_d``
+    from the table's D_dt and D_d where it is not a row), else ``per_mode["truths"]``.
+
+    The table wins: a report rebuilds the mock systems, and on a machine without the test set
+    (``params_source="auto"``) they are other systems than the ones fitted."""
+    table = getattr(per_mode["result"], "summary", None)
+    if table is not None:
+        truth = table["truth"]
+        if name in truth.index and np.isfinite(truth[name]):
+            return float(truth[name])
+        if name == RATIO and {"D_dt", "D_d"} <= set(truth.index):
+            ratio = truth["D_dt"] / truth["D_d"]
+            if np.isfinite(ratio):
+                return float(ratio)
+    value = per_mode.get("truths", {}).get(name)
+    return None if value is None else float(np.asarray(value))
+
+
+def rebuilt_system_matches(per_mode: dict, rtol: float = 1e-6) -> bool:
+    """Whether the rebuilt system's truths (``per_mode["truths"]``) are the fit's stored ones
+    (``gamma``, ``q_light``, ``beta_z``... every scalar truth both have)."""
+    table = per_mode["result"].summary
+    for name, value in per_mode.get("truths", {}).items():
+        value = np.asarray(value, float)
+        if value.ndim == 0 and name in table.index and np.isfinite(table.loc[name, "truth"]):
+            if not np.isclose(float(value), table.loc[name, "truth"], rtol=rtol, atol=1e-9):
+                return False
+    return True
+
+
 def summary_row(per_mode: dict, name: str) -> dict | None:
     """``{truth, sd, pull, in68, in95}`` of ``name`` in one fit, or None if the fit has no finite
     truth for it.
 
     From the fit's summary table; the derived :data:`RATIO` of a fit whose table lacks it (joint
-    mode) from its draws and ``per_mode["truths"]``.
+    mode) from its draws and :func:`stored_truth`.
     """
     table = per_mode["result"].summary
     if name not in table.index and name == RATIO:
         idata = getattr(per_mode["result"], "idata", None)
         draws = None if idata is None else _chain_draws(idata, name)
-        truth = per_mode.get("truths", {}).get(name)
+        truth = stored_truth(per_mode, name)
         if draws is None or truth is None:
             return None
         from .fit import summary_table
@@ -298,6 +329,14 @@ def run_fits(args) -> dict:
                     "data": data,
                     "truths": truth_values(system, mode),
                 }
+                per["rebuilt_matches"] = rebuilt_system_matches(per)
+                if not per["rebuilt_matches"]:
+                    print(
+                        f"WARNING: system {k} ({mode}): the rebuilt mock system is not the one "
+                        "fitted (other truths: --params-source/--test-set differ from the fit's); "
+                        "its stored truths are used, and it is not reweighted",
+                        flush=True,
+                    )
             else:
                 per = fit_one(task, system)
             results[k][mode] = {**per, "wall_s": time.perf_counter() - t0}
@@ -309,7 +348,7 @@ def study_options(args) -> StudyOptions:
     """The :class:`StudyOptions` of the command-line arguments."""
     from skinn_jax.cli import convergence_changes
 
-    changes = {"num_chains": args.chains, **convergence_changes(args)}
+    changes = {"num_chains": args.chains, **convergence_changes(args, args.samples)}
     if args.warmup is not None:
         changes["num_warmup"] = args.warmup
     if args.samples is not None:
@@ -524,10 +563,10 @@ def plot_fig9(results: dict, modes, path: Path) -> None:
                 if mode not in per:
                     continue
                 x = _flat_draws(per[mode]["result"].idata, name)
-                truth = per[mode]["truths"].get(name)
+                truth = stored_truth(per[mode], name)
                 if x is None or truth is None:
                     continue
-                d = x - float(truth)
+                d = x - truth
                 deltas.append(np.degrees(d) if name == "phi" else d)
             if deltas:
                 ax.hist(
@@ -557,10 +596,10 @@ def truth_quantiles(results: dict, mode: str) -> dict[str, np.ndarray]:
             if mode not in per:
                 continue
             x = _flat_draws(per[mode]["result"].idata, name)
-            truth = per[mode].get("truths", {}).get(name)
-            if x is None or truth is None or not np.isfinite(float(truth)):
+            truth = stored_truth(per[mode], name)
+            if x is None or truth is None or not np.isfinite(truth):
                 continue
-            u.append(float(np.mean(x < float(truth))))
+            u.append(float(np.mean(x < truth)))
         if u:
             out[name] = np.asarray(u)
     return out
@@ -781,7 +820,7 @@ def main(argv: list[str] | None = None) -> int:
     reweighting = {}
     for mode in ("joint", "kinematics"):
         for k in reweight_systems:
-            if mode in args.modes and mode in results.get(k, {}):
+            if mode in args.modes and results.get(k, {}).get(mode, {}).get("rebuilt_matches"):
                 reweighting.setdefault(mode, {})[k] = reweight(
                     results[k][mode], args.reweight_draws
                 )

@@ -446,14 +446,25 @@ def add_convergence_flags(p) -> None:
     )
 
 
-def convergence_changes(args) -> dict:
-    """:class:`FitSettings` fields of the convergence flags (those given)."""
+def convergence_changes(args, num_samples: int | None = None) -> dict:
+    """:class:`FitSettings` fields of the convergence flags (those given); without
+    ``--max-samples``, a ``num_samples`` above the default budget raises the budget to it."""
+    from skinn_jax.inference.fit import FitSettings
+
     changes = {}
     if args.max_samples is not None:
+        if num_samples is not None and args.max_samples < num_samples:
+            raise UsageError(
+                f"argument --max-samples: {args.max_samples}: must be >= --samples ({num_samples})"
+            )
         changes["max_samples"] = args.max_samples
+    elif num_samples is not None and num_samples > FitSettings.max_samples:
+        changes["max_samples"] = num_samples
     if args.max_minutes is not None:
         if not (args.max_minutes > 0 and math.isfinite(args.max_minutes)):
-            raise UsageError(f"argument --max-minutes: {args.max_minutes}: must be > 0 and finite")
+            raise UsageError(
+                f"argument --max-minutes: {args.max_minutes}: must be a finite number > 0"
+            )
         changes["max_wall_s"] = 60.0 * args.max_minutes
     if args.no_converge:
         changes["converge"] = False
@@ -468,7 +479,7 @@ def _fit_mock_settings(args):
 
     settings = default_settings(args.mode)
     changes = {"num_chains": args.chains, "seed": args.seed, "progress_bar": not args.no_progress}
-    changes.update(convergence_changes(args))
+    changes.update(convergence_changes(args, args.samples))
     for name, value in (
         ("num_warmup", args.warmup),
         ("num_samples", args.samples),

@@ -141,3 +141,41 @@ def test_bad_sample_shapes_raise():
         assess({"x": np.zeros(10)})
     with pytest.raises(ValueError, match="different"):
         assess({"x": np.zeros((2, 10)), "y": np.zeros((2, 11))})
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--max-samples", "100", "--samples", "200"], "argument --max-samples: 100: must be >="),
+        (["--max-minutes", "0"], "argument --max-minutes: 0.0: must be a finite number > 0"),
+        (["--max-minutes", "nan"], "argument --max-minutes: nan: must be a finite number > 0"),
+    ],
+)
+def test_fit_mock_budget_flags_are_checked_before_any_work(tmp_path, monkeypatch, capsys, argv,
+                                                           expected):  # fmt: skip
+    from skinn_jax.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    try:
+        rc = main(["fit-mock", *argv])
+    except SystemExit as exc:  # argparse's own checks exit; later ones return 2
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2 and expected in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_fit_mock_settings_carry_the_policy_flags():
+    import argparse
+
+    from skinn_jax.cli import _fit_mock_settings
+
+    base = dict(mode="joint", chains=4, seed=0, no_progress=True, warmup=None, chunks=None,
+                max_minutes=None, no_converge=False, max_samples=None)  # fmt: skip
+    settings = _fit_mock_settings(argparse.Namespace(**base, samples=None))
+    assert settings.num_chains == 4 and settings.converge and settings.max_rhat == 1.01
+    assert settings.min_ess == 400 and settings.max_samples == 4000
+    big = _fit_mock_settings(argparse.Namespace(**{**base, "max_minutes": 30.0}, samples=5000))
+    assert big.max_samples == 5000 and big.max_wall_s == 1800.0
+    off = _fit_mock_settings(argparse.Namespace(**{**base, "no_converge": True}, samples=None))
+    assert not off.converge and off.policy().max_samples == off.num_samples

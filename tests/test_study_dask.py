@@ -33,6 +33,7 @@ def cluster():
         yield local
 
 
+@pytest.mark.slow
 def test_study_fans_out_one_fit_per_task_and_skips_finished_fits(cluster, tmp_path):
     options = run_study.StudyOptions(
         out=tmp_path,

@@ -41,3 +41,19 @@ def test_pp_plot_is_written_per_mode_with_converged_subset(tmp_path):
     path = tmp_path / "pp.png"
     run_study.plot_pp(results, ["joint"], path, converged)
     assert path.stat().st_size > 10_000
+
+
+def test_report_uses_the_truths_the_fits_were_made_with():
+    """A report rebuilds the mock systems; where they differ from the fitted ones (another test
+    set), the fit's stored truths (its summary table) are used and the mismatch is flagged."""
+    from skinn_jax.inference import fit as fit_mod
+
+    draws = {"gamma": np.random.default_rng(0).normal(2.0, 0.1, (2, 200))}
+    table = fit_mod.summary_table(draws, {"gamma": 2.0}, ["gamma"])
+    result = SimpleNamespace(summary=table, idata=az.from_dict(posterior=draws))
+    rebuilt = {"result": result, "truths": {"gamma": 2.4}}
+    assert run_study.stored_truth(rebuilt, "gamma") == 2.0
+    assert not run_study.rebuilt_system_matches(rebuilt)
+    assert run_study.rebuilt_system_matches({"result": result, "truths": {"gamma": 2.0}})
+    u = run_study.truth_quantiles({0: {"joint": rebuilt}}, "joint")["gamma"]
+    assert 0.3 < u[0] < 0.7

@@ -57,3 +57,23 @@ def test_report_uses_the_truths_the_fits_were_made_with():
     assert run_study.rebuilt_system_matches({"result": result, "truths": {"gamma": 2.0}})
     u = run_study.truth_quantiles({0: {"joint": rebuilt}}, "joint")["gamma"]
     assert 0.3 < u[0] < 0.7
+
+
+def test_study_options_carry_chains_draws_and_budget_to_every_fit(tmp_path):
+    import argparse
+
+    args = argparse.Namespace(
+        out=tmp_path, checkpoint="pca64s", params_source="box", test_set=tmp_path / "t",
+        chains=4, warmup=100, samples=200, max_samples=1000, max_minutes=60.0,
+        no_converge=False, no_progress=True, replace_changed=False,
+    )  # fmt: skip
+    options = run_study.study_options(args)
+    for mode in ("joint", "kinematics"):
+        settings = run_study.fit_settings(mode, options)
+        assert (settings.num_chains, settings.num_warmup, settings.num_samples) == (4, 100, 200)
+        assert settings.max_samples == 1000 and settings.max_wall_s == 3600.0
+        assert settings.converge and not settings.progress_bar
+    assert run_study.fit_settings("kinematics", options).adapt_mass_matrix  # the mode's defaults
+    task = run_study.FitTask(3, "joint", options)
+    assert task.out_dir == tmp_path / "3" / "joint"
+    assert run_study.pending_tasks([task]) == [task]

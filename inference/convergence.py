@@ -324,10 +324,9 @@ def assess(
         )
         face = at_face(draws, flat_boxes[name], policy) if name in flat_boxes else None
         checks.append(ParameterCheck(name, r, eb, et, bool(passed), face, chain_separation(draws)))
-    judged = [c for c in checks if np.isfinite(c.r_hat)] or checks
-    max_rhat = float(np.nanmax([c.r_hat for c in judged])) if judged else float("nan")
-    min_bulk = float(np.nanmin([c.ess_bulk for c in judged]))
-    min_tail = float(np.nanmin([c.ess_tail for c in judged]))
+    max_rhat = _extreme(max, [c.r_hat for c in checks])
+    min_bulk = _extreme(min, [c.ess_bulk for c in checks])
+    min_tail = _extreme(min, [c.ess_tail for c in checks])
     failing = tuple(
         c.name
         for c in sorted(
@@ -349,6 +348,12 @@ def assess(
         tree_depth_hits=depth_hits, n_chains=n_chains, n_draws=n_draws, causes=causes, line="",
     )  # fmt: skip
     return verdict._replace(line=verdict_line(verdict, policy))
+
+
+def _extreme(fn, values: list[float]) -> float:
+    """``fn`` (min or max) of the finite ``values``; nan if there are none."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(fn(finite)) if finite else float("nan")
 
 
 def _causes(checks, columns, policy, n_div, depth_hits, max_tree_depth, failing) -> tuple:

@@ -15,7 +15,11 @@
    mass matrix only if ``adapt_mass_matrix``: with short warm-ups, windowed estimates of a dense
    ~35 x 35 matrix are worse than the Laplace one). Checkpoint ``warmup_state.pkl``.
 4. **Sampling** in ``sample_chunks`` chunks, each continuing from the previous chunk's NUTS state;
-   checkpoint ``chunk_<i>.npz`` + ``chunk_<i>_state.pkl`` after each.
+   checkpoint ``chunk_<i>.npz`` + ``chunk_<i>_state.pkl`` after each. Then the **convergence
+   policy** (:mod:`skinn_jax.inference.convergence`, on by default): while some sampled or
+   reported parameter has split R-hat > ``max_rhat`` (1.01) or bulk or tail ESS < ``min_ess``
+   (400), one more chunk of the same size is drawn (and checkpointed), until they pass or the
+   budget (``max_samples`` draws per chain, ``max_wall_s`` seconds) is spent.
 5. **Outputs** (written to temporary names and renamed only once everything is done):
    ``posterior.nc`` (ArviZ InferenceData, netCDF), ``summary.csv`` and ``summary.md`` (posterior
    table with truths, R-hat, ESS), ``corner.png`` (the paper's 13 parameters with truths),
@@ -28,9 +32,11 @@ fingerprint of system, mode, settings, priors and emulator weights is stored in
 cleared without ``force``: :func:`fit` raises :class:`OutputExistsError` saying how to proceed
 (another output directory, or ``force``). Results are
 written only when the sampling has finished: nothing partial is ever reported as final.
-Diagnostics (split R-hat, bulk/tail ESS from ArviZ, divergent transitions) are always reported;
-a fit that misses the thresholds of :class:`FitSettings` is marked ``"converged": false`` in the
-report and the summary, with the reason.
+Diagnostics (split R-hat, bulk/tail ESS from ArviZ, divergent transitions, trees at the maximum
+depth) are always reported; the summary and ``report.json`` state in one line whether the fit
+converged by the policy (``converged: yes (R-hat max 1.004, ESS bulk min 612, tail min 540 ...)``)
+or not, naming the failing parameters and the likely cause (a prior box face, separated modes
+between chains, divergences, deep trees, slow mixing): see ``docs/convergence.md``.
 """
 
 from __future__ import annotations
@@ -51,6 +57,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .convergence import (
+    ConvergencePolicy,
+    Verdict,
+    assess,
+    boxes_from_trace,
+    budget_left,
+    ess,
+    rhat,
+)
 from .model import (
     MODEL_VERSION,
     PAPER_PARAMETERS,
@@ -73,7 +88,8 @@ class FitSettings:
     Attributes:
         num_warmup: NUTS warm-up iterations per chain.
         num_samples: posterior draws per chain.
-        num_chains: number of chains.
+        num_chains: number of chains (4: R-hat compares them; chains stuck in separate modes
+            show up as a multimodality between chains).
         chain_method: ``"parallel"`` (one host device per chain), ``"sequential"``,
             ``"vectorized"`` or ``"auto"`` (parallel if there are enough devices).
         sample_chunks: sampling is split into this many checkpointed chunks (NumPyro compiles
@@ -90,14 +106,21 @@ class FitSettings:
         target_accept_prob: NUTS target acceptance probability.
         max_tree_depth: NUTS maximum tree depth.
         seed: random seed (chain starts, NUTS).
-        max_rhat: convergence threshold on split R-hat (every parameter).
-        min_ess: convergence threshold on bulk and tail ESS (every parameter).
+        max_rhat: convergence threshold on split R-hat (every sampled and reported parameter).
+        min_ess: convergence threshold on bulk and tail ESS (every parameter, all chains).
+        max_divergences: divergent transitions allowed in a converged fit.
+        converge: extend the sampling chunk by chunk (each ``ceil(num_samples /
+            sample_chunks)`` draws per chain) until the thresholds are met or the budget is
+            spent; False: draw ``num_samples`` and only report.
+        max_samples: budget: draws per chain at most (>= ``num_samples``).
+        max_wall_s: budget: seconds of MAP + warm-up + sampling at most (summed over restarts;
+            a chunk started within the budget is finished).
         progress_bar: show progress bars.
     """
 
     num_warmup: int = 150
     num_samples: int = 300
-    num_chains: int = 2
+    num_chains: int = 4
     chain_method: str = "auto"
     sample_chunks: int = 1
     map_max_steps: int = 100
@@ -110,13 +133,57 @@ class FitSettings:
     target_accept_prob: float = 0.9
     max_tree_depth: int = 8
     seed: int = 0
-    max_rhat: float = 1.05
-    min_ess: float = 100.0
+    max_rhat: float = 1.01
+    min_ess: float = 400.0
+    max_divergences: int = 0
+    converge: bool = True
+    max_samples: int = 4000
+    max_wall_s: float = 4 * 3600.0
     progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        for name, lo in (
+            ("num_warmup", 0),
+            ("num_samples", 1),
+            ("num_chains", 1),
+            ("sample_chunks", 1),
+            ("max_tree_depth", 1),
+            ("max_divergences", 0),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < lo:
+                raise ValueError(f"FitSettings.{name} = {value!r}: allowed range [{lo}, inf)")
+        if self.sample_chunks > self.num_samples:
+            raise ValueError(
+                f"FitSettings.sample_chunks = {self.sample_chunks}: allowed range "
+                f"[1, num_samples = {self.num_samples}]"
+            )
+        if self.converge and self.max_samples < self.num_samples:
+            raise ValueError(
+                f"FitSettings.max_samples = {self.max_samples}: allowed range "
+                f"[num_samples = {self.num_samples}, inf)"
+            )
+        self.policy().check()  # max_rhat >= 1, min_ess >= 0, max_wall_s >= 0
+
+    def policy(self) -> ConvergencePolicy:
+        """The :class:`~skinn_jax.inference.convergence.ConvergencePolicy` of these settings."""
+        return ConvergencePolicy(
+            max_rhat=self.max_rhat,
+            min_ess_bulk=self.min_ess,
+            min_ess_tail=self.min_ess,
+            max_divergences=self.max_divergences,
+            max_samples=self.max_samples if self.converge else self.num_samples,
+            max_wall_s=self.max_wall_s,
+        )
 
 
 def default_settings(mode: str = "joint") -> FitSettings:
-    """Settings that run ``skinn-jax fit-mock`` to completion in ~10 minutes on 2 CPU cores.
+    """The fitting settings of ``mode`` (first ``num_samples`` draws, warm-up, metric).
+
+    With the convergence policy (:class:`FitSettings`, on by default: 4 chains, R-hat <= 1.01,
+    bulk and tail ESS >= 400) the run extends itself from these first draws in chunks of the same
+    size; before the policy (2 chains, no extension) ``skinn-jax fit-mock`` took ~10 minutes on 2
+    CPU cores.
 
     Lensing and joint fits (near-Gaussian posteriors after the lens-solver reparametrisation)
     keep the Laplace metric (a windowed dense adaptation over 250 warm-up iterations was slower:
@@ -227,6 +294,8 @@ class Potential(NamedTuple):
         constrain: dict of unconstrained values -> dict of constrained values (+ deterministic).
         z0: flat start point.
         names: sampled site names (sorted, the flattening order).
+        boxes: ``{site: (low, high)}`` of the sampled sites with a bounded support (constrained
+            units; arrays for vector sites).
     """
 
     value_and_grad: object
@@ -234,6 +303,7 @@ class Potential(NamedTuple):
     constrain: object
     z0: np.ndarray
     names: tuple[str, ...]
+    boxes: dict = {}
 
 
 def make_potential(data: SystemData, setup: ModelSetup, init_values: dict) -> Potential:
@@ -260,7 +330,26 @@ def make_potential(data: SystemData, setup: ModelSetup, init_values: dict) -> Po
         constrain=info.postprocess_fn,
         z0=np.asarray(z0),
         names=tuple(sorted(info.param_info.z)),
+        boxes=boxes_from_trace(info.model_trace),
     )
+
+
+def parameter_boxes(setup: ModelSetup, sampled: dict | None = None) -> dict:
+    """``{name: (low, high)}`` for the box-face check of the convergence policy.
+
+    Every box of ``setup.priors`` (sampled sites and the solved quantities of lensing and joint
+    modes that the model walls off at their faces: ``theta_E``, ``q_mass``, ``gamma1``,
+    ``gamma2``, ``src_x``, ``src_y``), kinematics mode's :data:`RATIO` range, and ``sampled``
+    (e.g. :attr:`Potential.boxes`, the supports of the sampled sites, which win).
+    """
+    from .model import log_ratio_box
+
+    pr = setup.priors
+    boxes = {f.name: getattr(pr, f.name) for f in dataclasses.fields(pr) if f.name != "ps_offset"}
+    if setup.mode == "kinematics":
+        boxes[RATIO] = tuple(math.exp(x) for x in log_ratio_box(pr.D_dt, pr.D_d))
+    boxes.update(sampled or {})
+    return boxes
 
 
 def fd_hessian(value_and_grad, z: np.ndarray, step: float) -> np.ndarray:
@@ -761,10 +850,28 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
         quiet,
     )
 
-    # 4. sampling in chunks
+    # 4. sampling in chunks; then, by the convergence policy, more chunks until it is met
+    policy = settings.policy()
+    names = _reported_names(setup.mode)
+    boxes = parameter_boxes(setup, pot.boxes)
     chain_state = warm_state
-    chunks = []
-    for i in range(settings.sample_chunks):
+    chunks, verdict, stop = [], None, None
+    i = 0
+    while True:
+        have_next = (out_dir / f"chunk_{i}.npz").exists()
+        if i >= settings.sample_chunks and not have_next:  # judge the draws so far
+            samples, extra = _gather(chunks, _kept_draws(i, chunk_size, settings))
+            verdict = assess_draws(samples, extra, names, boxes, settings)
+            spent = sum(timings.get(k, 0.0) for k in ("map_s", "warmup_s")) + sum(
+                float(c["seconds"]) for c in chunks
+            )
+            if verdict.mixed or not settings.converge:
+                break
+            stop = budget_left(samples[names[0]].shape[1], spent, chunk_size, policy)
+            if stop:
+                break
+            _log(f"  {verdict.line}\n  -> extending by {chunk_size} draws per chain", quiet)
+        label = f"{i + 1}/{settings.sample_chunks}" if i < settings.sample_chunks else f"{i + 1}"
         chunk_path = out_dir / f"chunk_{i}.npz"
         state_path = out_dir / f"chunk_{i}_state.pkl"
         if chunk_path.exists() and state_path.exists():
@@ -772,12 +879,10 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
                 chunks.append({k: f[k] for k in f.files})
             with state_path.open("rb") as f:
                 chain_state = jax.tree_util.tree_map(jnp.asarray, pickle.load(f))
-            _log(f"  sampling chunk {i + 1}/{settings.sample_chunks} loaded", quiet)
+            _log(f"  sampling chunk {label} loaded", quiet)
+            i += 1
             continue
-        _log(
-            f"  sampling chunk {i + 1}/{settings.sample_chunks}: {chunk_size} draws per chain",
-            quiet,
-        )
+        _log(f"  sampling chunk {label}: {chunk_size} draws per chain", quiet)
         t = time.perf_counter()
         mcmc.post_warmup_state = chain_state
         mcmc.run(chain_state.rng_key, extra_fields=EXTRA_FIELDS)
@@ -793,30 +898,19 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
             pickle.dump(_to_numpy(chain_state), f)
         os.replace(out_dir / f"chunk_{i}_state.tmp", state_path)
         os.replace(tmp, chunk_path)
-        state["phase"] = f"sampling ({i + 1}/{settings.sample_chunks} chunks)"
+        state["phase"] = f"sampling ({label} chunks)"
         _save_state(out_dir, state)
         chunks.append(chunk)
+        i += 1
 
     # 5. outputs
     timings["sampling_s"] = float(sum(float(c["seconds"]) for c in chunks))
     timings["total_this_run_s"] = time.perf_counter() - t_start
-    samples = {
-        k.split("/", 1)[1]: np.concatenate([c[k] for c in chunks], axis=1)[
-            :, : settings.num_samples
-        ]
-        for k in chunks[0]
-        if k.startswith("sample/")
-    }
-    extra = {
-        k.split("/", 1)[1]: np.concatenate([c[k] for c in chunks], axis=1)[
-            :, : settings.num_samples
-        ]
-        for k in chunks[0]
-        if k.startswith("extra/")
-    }
-    result = write_outputs(
-        out_dir, data, setup, samples, extra, truths, settings, fit_map, warm_stats, state, quiet
-    )
+    if stop is None and not verdict.mixed:
+        stop = "policy off (converge=False): no extension"
+    state["stop"] = stop
+    result = write_outputs(out_dir, data, setup, samples, extra, truths, settings, fit_map,
+                           warm_stats, state, quiet, verdict)  # fmt: skip
     state["phase"] = "complete"
     _save_state(out_dir, state)
     for path in out_dir.glob("chunk_*"):
@@ -824,6 +918,42 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
     if warm_path.exists():
         warm_path.unlink()
     return result
+
+
+def _kept_draws(n_chunks: int, chunk_size: int, settings: FitSettings) -> int:
+    """Draws per chain kept from ``n_chunks`` chunks: ``num_samples`` from the first
+    ``sample_chunks`` (the last may be longer), every draw once the run was extended (a chain's
+    draws stay contiguous)."""
+    return settings.num_samples if n_chunks <= settings.sample_chunks else n_chunks * chunk_size
+
+
+def _gather(chunks: list[dict], n_keep: int) -> tuple[dict, dict]:
+    """``(samples, extra)`` of the chunks, concatenated along the draws, first ``n_keep``."""
+    out = {"sample": {}, "extra": {}}
+    for key in chunks[0]:
+        if "/" in key:
+            group, name = key.split("/", 1)
+            out[group][name] = np.concatenate([c[key] for c in chunks], axis=1)[:, :n_keep]
+    return out["sample"], out["extra"]
+
+
+def _reported_names(mode: str) -> list[str]:
+    """The sampled sites and the derived ones reported in the summary (:data:`DERIVED_SUMMARY`)."""
+    names = list(site_names(mode))
+    return names + [n for n in DERIVED_SUMMARY if n not in names]
+
+
+def assess_draws(samples: dict, extra: dict, names, boxes: dict, settings: FitSettings) -> Verdict:
+    """:func:`~skinn_jax.inference.convergence.assess` of the parameters ``names`` present in
+    ``samples``, with NUTS's divergences and tree sizes from ``extra``."""
+    return assess(
+        {n: samples[n] for n in names if n in samples},
+        settings.policy(),
+        boxes=boxes,
+        diverging=extra["diverging"],
+        num_steps=extra["num_steps"],
+        max_tree_depth=settings.max_tree_depth,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -859,7 +989,6 @@ def _flat_truths(truths: dict | None) -> dict[str, float]:
 
 def summary_table(samples: dict, truths: dict | None, names):
     """Posterior table: mean, sd, quantiles, split R-hat, bulk/tail ESS, truth and pull."""
-    import arviz as az
     import pandas as pd
 
     cols = _flat_columns(samples, names)
@@ -883,41 +1012,56 @@ def summary_table(samples: dict, truths: dict | None, names):
                 "pull": (mean - truth) / sd if sd > 0 and np.isfinite(truth) else np.nan,
                 "in68": bool(q[1] <= truth <= q[3]) if np.isfinite(truth) else None,
                 "in95": bool(q[0] <= truth <= q[4]) if np.isfinite(truth) else None,
-                "r_hat": float(az.rhat(arr)) if arr.shape[0] > 1 else np.nan,
-                "ess_bulk": float(az.ess(arr, method="bulk")),
-                "ess_tail": float(az.ess(arr, method="tail")),
+                "r_hat": rhat(arr),
+                "ess_bulk": ess(arr, "bulk"),
+                "ess_tail": ess(arr, "tail"),
             }
         )
     return pd.DataFrame(rows).set_index("parameter")
 
 
-def diagnostics(table, extra: dict, settings: FitSettings) -> dict:
-    """Convergence verdict from the summary table and NUTS's extra fields."""
-    n_div = int(np.sum(extra["diverging"]))
-    max_rhat = float(np.nanmax(table["r_hat"])) if table["r_hat"].notna().any() else float("nan")
-    min_ess_bulk = float(table["ess_bulk"].min())
-    min_ess_tail = float(table["ess_tail"].min())
+def diagnostics(extra: dict, verdict: Verdict, stop: str | None = None) -> dict:
+    """The report's convergence section: the policy's :class:`Verdict` and NUTS's statistics.
+
+    ``line`` is the one-line statement (with why the sampling stopped, when the budget ended it);
+    ``reasons`` the failing parameters and likely causes (empty when converged)."""
+    worst = max(
+        (p for p in verdict.parameters if np.isfinite(p.r_hat)),
+        key=lambda p: p.r_hat,
+        default=None,
+    )
+    line = verdict.line + (f" [{stop}]" if stop and not verdict.converged else "")
     reasons = []
-    if not (max_rhat <= settings.max_rhat):
-        reasons.append(f"max R-hat {max_rhat:.3f} > {settings.max_rhat}")
-    if min(min_ess_bulk, min_ess_tail) < settings.min_ess:
-        reasons.append(f"min ESS {min(min_ess_bulk, min_ess_tail):.0f} < {settings.min_ess:.0f}")
-    if n_div > 0:
-        reasons.append(f"{n_div} divergent transitions")
+    if not verdict.converged:
+        if verdict.failing:
+            reasons.append("R-hat or ESS outside the thresholds: " + ", ".join(verdict.failing))
+        reasons += list(verdict.causes)
+        if stop:
+            reasons.append(stop)
     return {
-        "converged": not reasons,
+        "converged": verdict.converged,
+        "line": line,
         "reasons": reasons,
-        "max_r_hat": max_rhat,
-        "worst_r_hat_parameter": str(table["r_hat"].idxmax())
-        if table["r_hat"].notna().any()
-        else None,
-        "min_ess_bulk": min_ess_bulk,
-        "min_ess_tail": min_ess_tail,
-        "divergences": n_div,
+        "stop": stop,
+        "max_r_hat": verdict.max_rhat,
+        "worst_r_hat_parameter": worst.name if worst else None,
+        "min_ess_bulk": verdict.min_ess_bulk,
+        "min_ess_tail": verdict.min_ess_tail,
+        "divergences": verdict.divergences,
+        "tree_depth_hits": verdict.tree_depth_hits,
         "mean_accept_prob": float(np.mean(extra["accept_prob"])),
         "mean_tree_size": float(np.mean(extra["num_steps"])),
         "max_tree_size": int(np.max(extra["num_steps"])),
+        "policy": verdict_policy_dict(verdict),
     }
+
+
+def verdict_policy_dict(verdict: Verdict) -> dict:
+    """Per-parameter diagnostics, failing parameters, causes and box faces of ``verdict``."""
+    out = verdict.as_dict()
+    for key in ("converged", "line", "max_rhat", "min_ess_bulk", "min_ess_tail", "divergences"):
+        out.pop(key)
+    return out
 
 
 def to_inference_data(samples: dict, extra: dict, data: SystemData, attrs: dict):
@@ -1122,13 +1266,17 @@ def plot_fit(data: SystemData, setup: ModelSetup, values: dict, path: Path, titl
 
 def _markdown_table(table, report: dict) -> str:
     d = report["diagnostics"]
-    verdict = "converged" if d["converged"] else "NOT CONVERGED: " + "; ".join(d["reasons"])
+    depth = d.get("tree_depth_hits", float("nan"))
     lines = [
         f"# Posterior summary ({report['mode']})",
         "",
-        f"Diagnostics: {verdict}. max R-hat {d['max_r_hat']:.3f}, min ESS bulk "
+        d["line"],
+        "",
+        f"Diagnostics: max R-hat {d['max_r_hat']:.3f}, min ESS bulk "
         f"{d['min_ess_bulk']:.0f} / tail {d['min_ess_tail']:.0f}, {d['divergences']} divergences, "
-        f"mean acceptance {d['mean_accept_prob']:.2f}, mean tree size {d['mean_tree_size']:.1f}.",
+        f"mean acceptance {d['mean_accept_prob']:.2f}, mean tree size {d['mean_tree_size']:.1f}"
+        + (f", {100 * depth:.0f} % of trees at the maximum depth" if np.isfinite(depth) else "")
+        + ".",
         "",
         "| parameter | truth | mean | sd | 16% | 50% | 84% | pull | R-hat | ESS bulk | ESS tail |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -1143,13 +1291,23 @@ def _markdown_table(table, report: dict) -> str:
 
 
 def write_outputs(
-    out_dir, data, setup, samples, extra, truths, settings, fit_map, warm_stats, state, quiet
+    out_dir,
+    data,
+    setup,
+    samples,
+    extra,
+    truths,
+    settings,
+    fit_map,
+    warm_stats,
+    state,
+    quiet,
+    verdict: Verdict,
 ) -> FitResult:
     """Write every final output (temporary names, then renamed) and return the result."""
-    names = list(site_names(setup.mode))
-    names += [n for n in DERIVED_SUMMARY if n in samples and n not in names]
+    names = [n for n in _reported_names(setup.mode) if n in samples]
     table = summary_table(samples, truths, names)
-    diag = diagnostics(table, extra, settings)
+    diag = diagnostics(extra, verdict, state.get("stop"))
     n_sampling_steps = int(np.sum(extra["num_steps"]))
     timings = state["timings"]
     report = {
@@ -1159,6 +1317,7 @@ def write_outputs(
         "settings": dataclasses.asdict(settings),
         "chain_method": _chain_method(settings),
         "n_parameters": int(fit_map.z.size),
+        "convergence": diag["line"],
         "diagnostics": diag,
         "map": {
             "potential_start": fit_map.potential_start,
@@ -1207,15 +1366,7 @@ def write_outputs(
         (tmp_fit, "fit.png"),
     ):
         os.replace(tmp, out_dir / final)
-    verdict = (
-        "converged" if diag["converged"] else "NOT CONVERGED (" + "; ".join(diag["reasons"]) + ")"
-    )
-    _log(
-        f"  done: {verdict}; max R-hat {diag['max_r_hat']:.3f}, min ESS "
-        f"{min(diag['min_ess_bulk'], diag['min_ess_tail']):.0f}, {diag['divergences']} "
-        f"divergences; {report['evaluations']['total']} evaluations",
-        quiet,
-    )
+    _log(f"  done: {diag['line']}; {report['evaluations']['total']} evaluations", quiet)
     return FitResult(out_dir, idata, table, report)
 
 

@@ -42,7 +42,9 @@ import dataclasses
 import json
 import math
 import time
-from functools import partial
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -71,18 +73,49 @@ def _flat_draws(idata, name: str) -> np.ndarray | None:
     return None if draws is None else draws.reshape(-1)
 
 
+def stored_truth(per_mode: dict, name: str) -> float | None:
+    """The truth of ``name`` the fit was made with: its summary table's ``truth`` (``D_dt / D_d``
+    from the table's D_dt and D_d where it is not a row), else ``per_mode["truths"]``.
+
+    The table wins: a report rebuilds the mock systems, and on a machine without the test set
+    (``params_source="auto"``) they are other systems than the ones fitted."""
+    table = getattr(per_mode["result"], "summary", None)
+    if table is not None:
+        truth = table["truth"]
+        if name in truth.index and np.isfinite(truth[name]):
+            return float(truth[name])
+        if name == RATIO and {"D_dt", "D_d"} <= set(truth.index):
+            ratio = truth["D_dt"] / truth["D_d"]
+            if np.isfinite(ratio):
+                return float(ratio)
+    value = per_mode.get("truths", {}).get(name)
+    return None if value is None else float(np.asarray(value))
+
+
+def rebuilt_system_matches(per_mode: dict, rtol: float = 1e-6) -> bool:
+    """Whether the rebuilt system's truths (``per_mode["truths"]``) are the fit's stored ones
+    (``gamma``, ``q_light``, ``beta_z``... every scalar truth both have)."""
+    table = per_mode["result"].summary
+    for name, value in per_mode.get("truths", {}).items():
+        value = np.asarray(value, float)
+        if value.ndim == 0 and name in table.index and np.isfinite(table.loc[name, "truth"]):
+            if not np.isclose(float(value), table.loc[name, "truth"], rtol=rtol, atol=1e-9):
+                return False
+    return True
+
+
 def summary_row(per_mode: dict, name: str) -> dict | None:
     """``{truth, sd, pull, in68, in95}`` of ``name`` in one fit, or None if the fit has no finite
     truth for it.
 
     From the fit's summary table; the derived :data:`RATIO` of a fit whose table lacks it (joint
-    mode) from its draws and ``per_mode["truths"]``.
+    mode) from its draws and :func:`stored_truth`.
     """
     table = per_mode["result"].summary
     if name not in table.index and name == RATIO:
         idata = getattr(per_mode["result"], "idata", None)
         draws = None if idata is None else _chain_draws(idata, name)
-        truth = per_mode.get("truths", {}).get(name)
+        truth = stored_truth(per_mode, name)
         if draws is None or truth is None:
             return None
         from .fit import summary_table
@@ -108,72 +141,227 @@ def study_setup(system, data, mode: str, emulator):
     )
 
 
+@dataclass(frozen=True)
+class StudyOptions:
+    """What every fit of a study shares (picklable: sent to dask workers with each task).
+
+    Attributes:
+        out: the study directory; fit ``(k, mode)`` goes to ``out/k/mode``.
+        checkpoint: emulator checkpoint (name or directory; None: the shipped default).
+        params_source: where mock systems take their emulator parameters (``auto``, ``test``,
+            ``box``).
+        test_set: the test set for ``params_source`` ``test``/``auto``.
+        settings_changes: ``(field, value)`` pairs replacing fields of the mode's
+            :func:`~skinn_jax.inference.fit.default_settings` (chains, warm-up, draws, budget).
+        progress: progress bars.
+        quiet: no log messages from the fits.
+        replace_changed: refit (deleting it) a fit made with other inputs instead of stopping.
+        mock_settings: :class:`~skinn_jax.inference.mock_system.MockSystemSettings` of the mock
+            systems (None: the paper's, as in the study).
+    """
+
+    out: Path
+    checkpoint: str | None = None
+    params_source: str = "auto"
+    test_set: Path = Path("data/test")
+    settings_changes: tuple[tuple[str, object], ...] = ()
+    progress: bool = False
+    quiet: bool = False
+    replace_changed: bool = False
+    mock_settings: object = None
+
+
+@dataclass(frozen=True)
+class FitTask:
+    """One fit of a study: system ``system`` in ``mode`` (one dask task)."""
+
+    system: int
+    mode: str
+    options: StudyOptions
+
+    @property
+    def out_dir(self) -> Path:
+        """``options.out / system / mode``."""
+        return Path(self.options.out) / str(self.system) / self.mode
+
+
+def fit_settings(mode: str, options: StudyOptions):
+    """The :class:`~skinn_jax.inference.fit.FitSettings` of a study fit in ``mode``."""
+    from .fit import default_settings
+
+    changes = {"progress_bar": options.progress, **dict(options.settings_changes)}
+    return dataclasses.replace(default_settings(mode), **changes)
+
+
+@lru_cache(maxsize=4)
+def _emulator(checkpoint: str | None):
+    """The emulator of ``checkpoint``, loaded once per process (worker)."""
+    from .model import load_emulator
+
+    return load_emulator(checkpoint)
+
+
+def _mock_system(k: int, options: StudyOptions):
+    from .mock_system import make_mock_system
+
+    kwargs = {"params_source": options.params_source, "test_set": options.test_set}
+    if options.mock_settings is not None:
+        kwargs["settings"] = options.mock_settings
+    return make_mock_system(k, **kwargs)
+
+
+def fit_one(task: FitTask, system=None) -> dict:
+    """Make (or load, or resume) one study fit; returns ``{result, setup, data, truths}``.
+
+    Args:
+        task: the system, mode and shared options.
+        system: the mock system if already built (else built from ``task``).
+    """
+    from .fit import OutputExistsError, fit
+    from .model import SystemData, truth_values
+
+    system = system if system is not None else _mock_system(task.system, task.options)
+    data = SystemData.from_mock(system)
+    emulator = _emulator(task.options.checkpoint) if task.mode != "lensing" else None
+    setup = study_setup(system, data, task.mode, emulator)
+    truths = truth_values(system, task.mode)
+    fit_k = partial(
+        fit,
+        data,
+        setup,
+        task.out_dir,
+        init_values=truths,
+        truths=truths,
+        settings=fit_settings(task.mode, task.options),
+        meta={
+            "label": f"mock system {task.system}",
+            "system": task.system,
+            "checkpoint": str(task.options.checkpoint or "default"),
+            # the weights' hash, so that a retrained emulator never reuses an old fit
+            "weights_sha256": emulator.metadata.get("weights_sha256") if emulator else None,
+        },
+        quiet=task.options.quiet,
+    )
+    try:
+        result = fit_k()
+    except OutputExistsError:
+        if not task.options.replace_changed:
+            raise
+        result = fit_k(force=True)  # only fits whose inputs changed get here
+    return {"result": result, "setup": setup, "data": data, "truths": truths}
+
+
+def fit_task(task: FitTask) -> dict:
+    """The dask task: :func:`fit_one` in float64; returns a small record (the outputs stay in
+    ``task.out_dir``): ``{system, mode, out_dir, convergence, converged, wall_s}``."""
+    import jax
+
+    t0 = time.perf_counter()
+    with jax.enable_x64(True):
+        report = fit_one(task)["result"].report
+    jax.clear_caches()
+    return {
+        "system": task.system,
+        "mode": task.mode,
+        "out_dir": str(task.out_dir),
+        "convergence": report["diagnostics"].get("line", ""),
+        "converged": bool(report["diagnostics"]["converged"]),
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def pending_tasks(tasks: list[FitTask]) -> list[FitTask]:
+    """The tasks whose fit is not complete (all of them with ``replace_changed``: a complete fit
+    with the same inputs is then only loaded, one with other inputs refitted)."""
+    return [t for t in tasks if t.options.replace_changed or not fit_complete(t.out_dir)]
+
+
+def run_dask(tasks: list[FitTask], scheduler) -> Iterator[dict]:
+    """Run :func:`fit_task` for the pending ``tasks`` on a dask.distributed scheduler (address or
+    ``Cluster``), one fit per task; yields each record as its fit finishes. Resumable: complete fits
+    are skipped, interrupted ones resume from their checkpoints in the shared ``out``."""
+    from distributed import Client, as_completed
+
+    todo = pending_tasks(tasks)
+    if not todo:
+        return
+    with Client(scheduler) as client:
+        futures = client.map(fit_task, todo, pure=False)
+        for future in as_completed(futures):
+            yield future.result()
+
+
 def run_fits(args) -> dict:
     """Fit every system in every mode (or load complete fits). Returns ``{k: {mode: result}}``."""
     import jax
 
-    from .fit import OutputExistsError, default_settings, fit, load_result
-    from .mock_system import make_mock_system, plot_mock_system
-    from .model import SystemData, load_emulator, truth_values
+    from .fit import load_result
+    from .mock_system import plot_mock_system
+    from .model import SystemData, truth_values
 
-    emulator = load_emulator(args.checkpoint) if set(args.modes) - {"lensing"} else None
+    options = study_options(args)
+    if args.scheduler and not args.report_only:
+        tasks = [FitTask(k, mode, options) for k in args.systems for mode in args.modes]
+        n_done = len(tasks) - len(pending_tasks(tasks))
+        print(f"{len(tasks)} fits, {n_done} complete; the others go to {args.scheduler}")
+        for record in run_dask(tasks, args.scheduler):
+            print(f"  system {record['system']} {record['mode']}: {record['convergence']} "
+                  f"({record['wall_s']:.0f} s)", flush=True)  # fmt: skip
+        return {}
     results: dict = {}
     for k in args.systems:
-        system = make_mock_system(k, params_source=args.params_source, test_set=args.test_set)
+        system = _mock_system(k, options)
         if args.figures:
             plot_mock_system(system, Path(args.figures) / f"inference_mock_{k}.png")
-        data = SystemData.from_mock(system)
         results[k] = {"system": system}
         for mode in args.modes:
-            if args.report_only and not fit_complete(Path(args.out) / str(k) / mode):
+            task = FitTask(k, mode, options)
+            if args.report_only and not fit_complete(task.out_dir):
                 continue
-            settings = default_settings(mode)
-            changes = {"num_chains": args.chains, "progress_bar": not args.no_progress}
-            if args.warmup is not None:
-                changes["num_warmup"] = args.warmup
-            if args.samples is not None:
-                changes["num_samples"] = args.samples
-            settings = dataclasses.replace(settings, **changes)
-            setup = study_setup(system, data, mode, emulator)
-            truths = truth_values(system, mode)
             t0 = time.perf_counter()
             if args.report_only:
                 # report on the fit as it was made (its own model version and settings)
-                result = load_result(Path(args.out) / str(k) / mode)
+                data = SystemData.from_mock(system)
+                emulator = _emulator(options.checkpoint) if mode != "lensing" else None
+                per = {
+                    "result": load_result(task.out_dir),
+                    "setup": study_setup(system, data, mode, emulator),
+                    "data": data,
+                    "truths": truth_values(system, mode),
+                }
+                per["rebuilt_matches"] = rebuilt_system_matches(per)
+                if not per["rebuilt_matches"]:
+                    print(
+                        f"WARNING: system {k} ({mode}): the rebuilt mock system is not the one "
+                        "fitted (other truths: --params-source/--test-set differ from the fit's); "
+                        "its stored truths are used, and it is not reweighted",
+                        flush=True,
+                    )
             else:
-                fit_k = partial(
-                    fit,
-                    data,
-                    setup,
-                    Path(args.out) / str(k) / mode,
-                    init_values=truths,
-                    truths=truths,
-                    settings=settings,
-                    meta={
-                        "label": f"mock system {k}",
-                        "system": k,
-                        "checkpoint": str(args.checkpoint or "default"),
-                        # the weights' hash, so that a retrained emulator never reuses an old fit
-                        "weights_sha256": emulator.metadata.get("weights_sha256")
-                        if emulator
-                        else None,
-                    },
-                )
-                try:
-                    result = fit_k()
-                except OutputExistsError:
-                    if not args.replace_changed:
-                        raise
-                    result = fit_k(force=True)  # only fits whose inputs changed get here
-            results[k][mode] = {
-                "result": result,
-                "setup": setup,
-                "data": data,
-                "truths": truths,
-                "wall_s": time.perf_counter() - t0,
-            }
+                per = fit_one(task, system)
+            results[k][mode] = {**per, "wall_s": time.perf_counter() - t0}
             jax.clear_caches()
     return results
+
+
+def study_options(args) -> StudyOptions:
+    """The :class:`StudyOptions` of the command-line arguments."""
+    from skinn_jax.cli import convergence_changes
+
+    changes = {"num_chains": args.chains, **convergence_changes(args, args.samples)}
+    if args.warmup is not None:
+        changes["num_warmup"] = args.warmup
+    if args.samples is not None:
+        changes["num_samples"] = args.samples
+    return StudyOptions(
+        out=Path(args.out),
+        checkpoint=args.checkpoint,
+        params_source=args.params_source,
+        test_set=Path(args.test_set),
+        settings_changes=tuple(sorted(changes.items())),
+        progress=not args.no_progress,
+        replace_changed=args.replace_changed,
+    )
 
 
 def fit_complete(out_dir: Path) -> bool:
@@ -375,10 +563,10 @@ def plot_fig9(results: dict, modes, path: Path) -> None:
                 if mode not in per:
                     continue
                 x = _flat_draws(per[mode]["result"].idata, name)
-                truth = per[mode]["truths"].get(name)
+                truth = stored_truth(per[mode], name)
                 if x is None or truth is None:
                     continue
-                d = x - float(truth)
+                d = x - truth
                 deltas.append(np.degrees(d) if name == "phi" else d)
             if deltas:
                 ax.hist(
@@ -398,24 +586,127 @@ def plot_fig9(results: dict, modes, path: Path) -> None:
     plt.close(fig)
 
 
+def truth_quantiles(results: dict, mode: str) -> dict[str, np.ndarray]:
+    """Per parameter of :data:`STUDY_PARAMETERS`, the posterior quantile of the truth in each fit
+    of ``mode`` (fraction of draws below it), over the systems: uniform on [0, 1] if calibrated."""
+    out = {}
+    for name in STUDY_PARAMETERS:
+        u = []
+        for per in results.values():
+            if mode not in per:
+                continue
+            x = _flat_draws(per[mode]["result"].idata, name)
+            truth = stored_truth(per[mode], name)
+            if x is None or truth is None or not np.isfinite(truth):
+                continue
+            u.append(float(np.mean(x < truth)))
+        if u:
+            out[name] = np.asarray(u)
+    return out
+
+
+def pp_curve(u: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Fraction of truths inside the central credible interval of each level (P-P coverage)."""
+    u = np.asarray(u, float)
+    return np.array([np.mean(np.abs(u - 0.5) <= level / 2) for level in levels])
+
+
+def pooled_quantiles(per_name: dict[str, np.ndarray], mode: str) -> np.ndarray:
+    """Quantiles pooled over parameters (without ``D_dt / D_d`` where D_dt and D_d are there,
+    as in :func:`coverage_table`)."""
+    names = [n for n in per_name if n != RATIO or not {"D_dt", "D_d"} & set(per_name)]
+    return np.concatenate([per_name[n] for n in names]) if names else np.zeros(0)
+
+
+def plot_pp(results: dict, modes, path: Path, converged: dict | None = None) -> None:
+    """P-P (calibration) plot per mode: for credible levels 0-1, the fraction of truths inside
+    the central interval, per parameter (thin) and pooled (thick, with the binomial 95 % band of
+    a calibrated study of that size); dashed: pooled over the fits that ``converged``
+    (``{(k, mode): bool}``) only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = np.linspace(0.0, 1.0, 101)
+    fig, axes = plt.subplots(1, len(modes), figsize=(4.6 * len(modes), 4.6), squeeze=False)
+    for ax, mode in zip(axes[0], modes, strict=True):
+        per_name = truth_quantiles(results, mode)
+        for u in per_name.values():
+            ax.plot(levels, pp_curve(u, levels), color="0.7", lw=0.8)
+        pooled = pooled_quantiles(per_name, mode)
+        if pooled.size:
+            band = 1.96 * np.sqrt(levels * (1 - levels) / pooled.size)
+            ax.fill_between(levels, levels - band, levels + band, color="tab:blue", alpha=0.2,
+                            lw=0, label="95 % band (calibrated)")  # fmt: skip
+            ax.plot(levels, pp_curve(pooled, levels), color="k", lw=2,
+                    label=f"pooled ({pooled.size} truths)")  # fmt: skip
+        if converged is not None:
+            kept = {k: {mode: per[mode]} for k, per in results.items()
+                    if mode in per and converged.get((k, mode))}  # fmt: skip
+            sub = pooled_quantiles(truth_quantiles(kept, mode), mode)
+            if sub.size:
+                ax.plot(levels, pp_curve(sub, levels), "k--", lw=1.2,
+                        label=f"converged fits ({len(kept)}, {sub.size} truths)")  # fmt: skip
+        ax.plot([0, 1], [0, 1], color="tab:red", lw=0.8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal")
+        ax.set_xlabel("credible level of the central interval")
+        ax.set_ylabel("fraction of truths inside")
+        ax.set_title(f"{mode} ({sum(mode in per for per in results.values())} fits)")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def reassess(per_mode: dict):
+    """The convergence policy's :class:`~skinn_jax.inference.convergence.Verdict` of a stored fit
+    (its posterior draws and NUTS statistics), whatever criteria it was made with."""
+    from .fit import FitSettings, _reported_names, assess_draws, parameter_boxes
+
+    result, setup = per_mode["result"], per_mode["setup"]
+    post, stats = result.idata.posterior, result.idata.sample_stats
+    names = [n for n in _reported_names(setup.mode) if n in post]
+    samples = {n: np.asarray(post[n]) for n in names}
+    extra = {"diverging": np.asarray(stats["diverging"]), "num_steps": np.asarray(stats["n_steps"])}
+    depth = int(result.report.get("settings", {}).get("max_tree_depth", 8))
+    return assess_draws(
+        samples, extra, names, parameter_boxes(setup), FitSettings(max_tree_depth=depth)
+    )
+
+
 def markdown(summary: dict) -> str:
     """The study's tables as Markdown."""
     lines = [f"# Mock-system study: {summary['n_systems']} systems, modes {summary['modes']}", ""]
-    lines += ["## Coverage", ""]
-    for mode, rows in summary["coverage"].items():
-        lines += [
-            f"**{mode}**",
-            "",
-            "| parameter | K | 68 % | 95 % | mean pull |",
-            "|---|---|---|---|---|",
-        ]
-        for name, r in rows.items():
-            lines.append(
-                f"| {name} | {r['n']} | {r['cov68']:.2f} ± {r['cov68_err']:.2f} | "
-                f"{r['cov95']:.2f} ± {r['cov95_err']:.2f} | "
-                f"{r['mean_pull']:+.2f} ± {r['mean_pull_err']:.2f} |"
+    sections = [("## Coverage", summary["coverage"])]
+    if "coverage_converged" in summary:
+        n_conv = ", ".join(f"{m} {n}" for m, n in summary.get("n_converged", {}).items())
+        sections.append(
+            (
+                "## Coverage, converged fits only (R-hat <= 1.01, bulk and tail ESS >= 400, no "
+                f"divergences; converged fits: {n_conv})",
+                summary["coverage_converged"],
             )
-        lines.append("")
+        )
+    for title, coverage in sections:
+        lines += [title, ""]
+        for mode, rows in coverage.items():
+            lines += [
+                f"**{mode}**",
+                "",
+                "| parameter | K | 68 % | 95 % | mean pull |",
+                "|---|---|---|---|---|",
+            ]
+            for name, r in rows.items():
+                lines.append(
+                    f"| {name} | {r['n']} | {r['cov68']:.2f} ± {r['cov68_err']:.2f} | "
+                    f"{r['cov95']:.2f} ± {r['cov95_err']:.2f} | "
+                    f"{r['mean_pull']:+.2f} ± {r['mean_pull_err']:.2f} |"
+                )
+            lines.append("")
     lines += ["## Posterior widths (sd)", "", "| system | " + " | ".join(
         sorted({c for row in summary["widths"].values() for c in row})) + " |"]  # fmt: skip
     cols = sorted({c for row in summary["widths"].values() for c in row})
@@ -453,6 +744,11 @@ def markdown(summary: dict) -> str:
             f"| {row['system']} | {row['mode']} | {row['fit_s']:.0f} | {row['evaluations']} | "
             f"{1e3 * row['eval_s']:.1f} | {row['converged']} |"
         )
+    if any("policy" in row for row in summary["timings"]):
+        lines += ["", "## Convergence by the policy (docs/convergence.md), re-assessed from the "
+                  "stored draws", ""]  # fmt: skip
+        lines += [f"- system {row['system']} {row['mode']}: {row['policy']}"
+                  for row in summary["timings"] if "policy" in row]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -460,6 +756,8 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     import numpyro
+
+    from skinn_jax.cli import add_convergence_flags
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--systems", type=int, nargs="+", default=list(range(10)))
@@ -470,7 +768,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-set", type=Path, default=Path("data/test"))
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--samples", type=int, default=None)
-    parser.add_argument("--chains", type=int, default=2)
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help="dask.distributed scheduler address (tcp://HOST:8786): one fit per task there; "
+        "complete fits are skipped (docs/convergence.md, 'A study on a cluster')",
+    )
     parser.add_argument("--reweight-systems", type=int, nargs="*", default=None)
     parser.add_argument("--reweight-draws", type=int, default=200)
     parser.add_argument("--figures", type=Path, default=None, help="e.g. docs/figures")
@@ -486,6 +790,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="fit nothing: report on the fits already complete in --out",
     )
+    add_convergence_flags(parser)
     args = parser.parse_args(argv)
 
     numpyro.set_host_device_count(max(args.chains, 1))
@@ -500,13 +805,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fits complete in {args.out}; report with --report-only")
         return 0
     coverage = coverage_table(results, args.modes)
+    verdicts = {
+        (k, mode): reassess(per[mode]) for k, per in results.items() for mode in args.modes
+        if mode in per
+    }  # fmt: skip
+    converged = {key: v.converged for key, v in verdicts.items()}
+    kept = {
+        k: {m: per[m] for m in args.modes if m in per and converged[(k, m)]}
+        for k, per in results.items()
+    }
     reweight_systems = (
         args.reweight_systems if args.reweight_systems is not None else args.systems[:1]
     )
     reweighting = {}
     for mode in ("joint", "kinematics"):
         for k in reweight_systems:
-            if mode in args.modes and mode in results.get(k, {}):
+            if mode in args.modes and results.get(k, {}).get(mode, {}).get("rebuilt_matches"):
                 reweighting.setdefault(mode, {})[k] = reweight(
                     results[k][mode], args.reweight_draws
                 )
@@ -522,6 +836,7 @@ def main(argv: list[str] | None = None) -> int:
             "evaluations": per[mode]["result"].report["evaluations"]["total"],
             "eval_s": per[mode]["result"].report["timings_s"]["eval_s"],
             "converged": per[mode]["result"].report["diagnostics"]["converged"],
+            "policy": verdicts[(k, mode)].line,
         }
         for k, per in results.items()
         for mode in args.modes
@@ -531,6 +846,10 @@ def main(argv: list[str] | None = None) -> int:
         "n_systems": len(results),
         "modes": list(args.modes),
         "coverage": coverage,
+        "n_converged": {
+            m: sum(c for (_, mm), c in converged.items() if mm == m) for m in args.modes
+        },  # fmt: skip
+        "coverage_converged": coverage_table(kept, args.modes),
         "widths": widths(results),
         "width_ratios": width_ratios(widths(results)),
         "reweighting": reweighting,
@@ -539,6 +858,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.figures:
         plot_fig9(results, args.modes, Path(args.figures) / "inference_study_fig9.png")
+        plot_pp(results, args.modes, Path(args.figures) / "inference_study_pp.png", converged)
     (args.out / "study.json").write_text(json.dumps(summary, indent=1, default=str))
     (args.out / "study.md").write_text(markdown(summary))
     print(markdown(summary))

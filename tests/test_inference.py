@@ -352,8 +352,9 @@ def test_short_fit_writes_outputs_and_restarts_from_its_checkpoints(
     truth = truth_values(system, "kinematics")
     settings = fit_mod.FitSettings(
         num_warmup=8, num_samples=6, num_chains=1, sample_chunks=1, map_max_steps=3,
-        map_newton_steps=1, max_tree_depth=3, progress_bar=False,
+        map_newton_steps=1, max_tree_depth=3, progress_bar=False, max_samples=12,
     )  # fmt: skip
+    # (the convergence policy extends the 6 draws by one chunk of 6; then the budget is spent)
     out = tmp_path / "fit"
     # a fit killed while sampling (after its warm-up) leaves no final output ...
     from numpyro.infer import MCMC
@@ -383,8 +384,10 @@ def test_short_fit_writes_outputs_and_restarts_from_its_checkpoints(
     for name in fit_mod.FINAL_FILES:
         assert (out / name).stat().st_size > 0, name
     assert json.loads((out / fit_mod.STATE_FILE).read_text())["phase"] == "complete"
-    assert result.idata.posterior["theta_E"].shape == (1, 6)
+    assert result.idata.posterior["theta_E"].shape == (1, 12)
     report = result.report
+    assert report["convergence"].startswith("converged: NO — ")
+    assert report["convergence"].endswith("[budget spent: 12 draws per chain, max 12]")
     assert report["evaluations"]["total"] > 0 and report["timings_s"]["eval_s"] > 0
     assert set(report["diagnostics"]) >= {"converged", "max_r_hat", "min_ess_bulk", "divergences"}
     assert "theta_E" in result.summary.index and math.isfinite(

@@ -14,18 +14,19 @@ which adds a few sites to the trace:
   apertures, slits) of one lens, lens parameters from a user prior, no imaging and no time
   delays.
 
-Priors are a mapping from a parameter name, or a tuple of names, to a NumPyro distribution or a
-number (a fixed value)::
+Priors are a mapping from a parameter name, or several names joined by commas, to a NumPyro
+distribution or a number (a fixed value)::
 
     lens_priors = {
-        ("theta_E", "gamma", "q_mass"): dist.MultivariateNormal(mean, covariance),  # lens model
-        "q_light": 0.72, "r_sersic": 0.9, "n_sersic": 3.9,                          # light fit
+        "theta_E,gamma,q_mass": dist.MultivariateNormal(mean, covariance),  # lens model
+        "q_light": 0.72, "r_sersic": 0.9, "n_sersic": 3.9,                  # light fit
         "beta_z": dist.Uniform(-0.4, 0.4), "inclination_deg": dist.Uniform(60.0, 90.0),
     }
 
-A name key is one scalar site of that name; a tuple key is one site named by the names joined
-with ``","`` whose distribution has event shape ``(len(tuple),)``. Every name the block needs must
-be covered exactly once.
+A key is the name of one site: a single name is a scalar site; ``"a,b,c"`` is one site whose
+distribution has event shape ``(3,)``, its components in that order. Every name the block needs
+must be covered exactly once. (String keys keep the mapping a JAX pytree, so it can be passed as
+a model argument to ``MCMC.run`` and ``Predictive``.)
 
 The observed site of data set ``name`` is ``MultivariateNormal(v_pred, scale_tril=L)`` with the
 data's Cholesky factor: its log-probability is the :class:`KinematicLikelihood` value
@@ -64,8 +65,8 @@ from skinn_jax.profiles import SersicLight
 
 Prior = dist.Distribution | float
 """A NumPyro distribution, or a number for a fixed value."""
-Priors = Mapping[str | tuple[str, ...], Prior]
-"""Name (or tuple of names) -> prior; see the module docstring."""
+Priors = Mapping[str, Prior]
+"""Name (or comma-joined names) -> prior; see the module docstring."""
 
 SKY_NAMES: tuple[str, ...] = ("phi", "center_x", "center_y")
 """Position angle (radians, the model's φ, :func:`inference.data.phi_from_position_angle`) and
@@ -74,39 +75,40 @@ DISTANCE_NAMES: tuple[str, ...] = ("D_dt", "D_d")
 """Time-delay and deflector distances, Mpc."""
 
 
-def site_name(key: str | tuple[str, ...]) -> str:
-    """The NumPyro site name of a prior key: the name, or the names joined with ``","``."""
-    return key if isinstance(key, str) else ",".join(key)
+def key_names(key: str) -> tuple[str, ...]:
+    """The parameter names of a prior key: ``"theta_E,gamma"`` -> ``("theta_E", "gamma")``."""
+    if not isinstance(key, str):
+        raise ValueError(f"prior keys must be strings (names joined by commas), got {key!r}")
+    return tuple(name.strip() for name in key.split(","))
 
 
 def check_priors(priors: Priors, names: Sequence[str]) -> None:
     """Check that ``priors`` covers every one of ``names`` exactly once and nothing else.
 
     Raises:
-        ValueError: a missing, repeated or unknown name; a tuple key whose distribution does
-            not have event shape ``(len(key),)``; a scalar key with a multivariate distribution;
-            a fixed value that is not a finite number.
+        ValueError: a missing, repeated or unknown name; a key of k > 1 names whose
+            distribution does not have event shape ``(k,)``; a single name with a multivariate
+            distribution; a fixed value that is not a finite number (k numbers for k names).
     """
     seen: list[str] = []
     for key, prior in priors.items():
-        keys = (key,) if isinstance(key, str) else tuple(key)
+        keys = key_names(key)
         seen.extend(keys)
+        joint = len(keys) > 1
         if isinstance(prior, dist.Distribution):
-            want = () if isinstance(key, str) else (len(keys),)
+            want = (len(keys),) if joint else ()
             if tuple(prior.event_shape) != want or tuple(prior.batch_shape) != ():
                 raise ValueError(
-                    f"prior of {site_name(key)!r} has batch shape {tuple(prior.batch_shape)} and "
+                    f"prior of {key!r} has batch shape {tuple(prior.batch_shape)} and "
                     f"event shape {tuple(prior.event_shape)}; expected batch shape () and event "
                     f"shape {want}"
                 )
         else:
             value = np.asarray(prior, dtype=float)
-            if value.shape != (len(keys),) * (not isinstance(key, str)) or not np.all(
-                np.isfinite(value)
-            ):
+            if value.shape != (len(keys),) * joint or not np.all(np.isfinite(value)):
                 raise ValueError(
-                    f"fixed value of {site_name(key)!r} must be a finite number (or "
-                    f"{len(keys)} numbers for a tuple key), got {prior!r}"
+                    f"fixed value of {key!r} must be a finite number ({len(keys)} numbers for "
+                    f"{len(keys)} names), got {prior!r}"
                 )
     missing = [n for n in names if n not in seen]
     repeated = sorted({n for n in seen if seen.count(n) > 1})
@@ -122,7 +124,7 @@ def named_vector(priors: Priors, names: Sequence[str]) -> Array:
     """Sample (or fix) the parameters ``names`` from ``priors``; return them as a vector.
 
     Args:
-        priors: name or tuple of names -> distribution or fixed value (module docstring).
+        priors: name (or comma-joined names) -> distribution or fixed value (module docstring).
         names: the order of the returned vector.
 
     Returns:
@@ -134,14 +136,15 @@ def named_vector(priors: Priors, names: Sequence[str]) -> Array:
     check_priors(priors, names)
     values: dict[str, Array] = {}
     for key, prior in priors.items():
+        names_k = key_names(key)
         if isinstance(prior, dist.Distribution):
-            value = numpyro.sample(site_name(key), prior)
+            value = numpyro.sample(key, prior)
         else:
             value = jnp.asarray(prior, dtype=jnp.result_type(float))
-        if isinstance(key, str):
-            values[key] = value
+        if len(names_k) == 1:
+            values[names_k[0]] = value
         else:
-            values.update({n: value[i] for i, n in enumerate(key)})
+            values.update({n: value[i] for i, n in enumerate(names_k)})
     return jnp.stack([jnp.asarray(values[n], dtype=jnp.result_type(float)) for n in names])
 
 
@@ -302,11 +305,13 @@ def find_map(
     Raises:
         RuntimeError: the optimiser fails (e.g. a non-finite density at the start).
     """
-    strategy = (
-        numpyro.infer.init_to_value(values=dict(init_values))
-        if init_values
-        else numpyro.infer.init_to_median()
-    )
+    init_values = dict(init_values or {})
+
+    def strategy(site=None):
+        if site is not None and site["type"] == "sample" and site["name"] in init_values:
+            return jnp.asarray(init_values[site["name"]])
+        return numpyro.infer.init_to_median(site)
+
     seeded = handlers.seed(model, rng_seed=seed)
     trace = handlers.trace(handlers.substitute(seeded, substitute_fn=strategy)).get_trace(
         *args, **kwargs

@@ -364,3 +364,40 @@ def aperture_data(
     return kinematic_data(
         grid, bins, np.array([sigma]), np.array([[error**2]]), psf, z_d=z_d, kind=kind
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# An example layout
+
+
+KCWI_SPAXEL_ARCSEC = 0.1457
+"""KCWI's spaxel (small slicer with 2x binning), arcsec."""
+KCWI_EXAMPLE_RINGS = ((0.0, 0.2, 1), (0.2, 0.45, 4), (0.45, 0.7, 8), (0.7, 1.0, 12), (1.0, 1.5, 16))
+"""``(inner, outer radius in arcsec, sectors)`` of :func:`kcwi_example_layout`: 41 bins."""
+
+
+def kcwi_example_layout(
+    n_side: int = 43, center: tuple[float, float] = (0.0, 0.0)
+) -> tuple[SpaxelGrid, np.ndarray]:
+    """A KCWI-format cube layout for examples, tests and benchmarks.
+
+    ``n_side x n_side`` spaxels of 0.1457" with RA increasing to the left, centred on the
+    origin, and 41 bins in the central 3" (rings and sectors around ``center``, a stand-in for
+    Voronoi bins at a target S/N; :data:`KCWI_EXAMPLE_RINGS`); the rest of the cube is unused
+    (-1).
+
+    Returns:
+        ``(grid, bin_map)``.
+    """
+    grid = SpaxelGrid.regular((n_side, n_side), KCWI_SPAXEL_ARCSEC, flip_ra=True)
+    x, y = grid.coordinates()
+    radius = np.hypot(x - center[0], y - center[1])
+    angle = np.arctan2(y - center[1], x - center[0]) % (2 * np.pi)
+    bins = np.full(grid.shape, -1)
+    first = 0
+    for inner, outer, sectors in KCWI_EXAMPLE_RINGS:
+        ring = (radius >= inner) & (radius < outer)
+        sector = np.minimum((angle / (2 * np.pi) * sectors).astype(int), sectors - 1)
+        bins[ring] = first + sector[ring]
+        first += sectors
+    return grid, bins

@@ -47,7 +47,7 @@ def emu(request):
 def lens_priors(names):
     """A published lens model (MVN over three), a fixed light, kinematic nuisance priors."""
     priors = {
-        ("theta_E", "gamma", "q_mass"): dist.MultivariateNormal(
+        "theta_E,gamma,q_mass": dist.MultivariateNormal(
             jnp.array(list(LENS_MEAN.values())), jnp.asarray(LENS_COV)
         ),
         "q_light": TRUTH["q_light"],
@@ -113,7 +113,7 @@ def prior_log_prob(names, values):
     total = 0.0
     for key, prior in priors.items():
         if isinstance(prior, dist.Distribution):
-            total += float(prior.log_prob(values[blocks.site_name(key)]))
+            total += float(prior.log_prob(values[key]))
     return total
 
 
@@ -137,7 +137,7 @@ def test_two_data_sets_log_density_is_prior_plus_both_likelihoods(emu):
     sky = SkyParams(0.31, 0.01, -0.02, FIDUCIAL.D_dt * 1.02, FIDUCIAL.D_d)
     expected = prior_log_prob(names, values)
     for lik in liks.values():
-        expected += float(lik(params, sky)) + mvn_constant(lik.data)
+        expected += float(jax.jit(lik)(params, sky)) + mvn_constant(lik.data)
     assert float(logp) == pytest.approx(expected, rel=1e-10, abs=1e-8)
     np.testing.assert_allclose(trace["params"]["value"], params)
     # each data set has its own observed site with its own bins
@@ -146,7 +146,7 @@ def test_two_data_sets_log_density_is_prior_plus_both_likelihoods(emu):
     # the likelihoods differ: dropping one changes the density by its own value
     one = {"kcwi": liks["kcwi"]}
     logp_one, _ = log_density(blocks.kinematics_model, (one,) + args[1:], {}, values)
-    nirspec = float(liks["nirspec"](params, sky)) + mvn_constant(liks["nirspec"].data)
+    nirspec = float(jax.jit(liks["nirspec"])(params, sky)) + mvn_constant(liks["nirspec"].data)
     assert float(logp - logp_one) == pytest.approx(nirspec, rel=1e-10)
 
     # Predictive: predictions come from the model, equal to the likelihood's forward model
@@ -169,7 +169,7 @@ def test_priors_must_cover_every_parameter_once(emu):
     with pytest.raises(ValueError, match=r"repeated \['gamma'\]"):
         blocks.check_priors(priors, names)
     with pytest.raises(ValueError, match="event shape"):
-        blocks.check_priors({("phi", "center_x", "center_y"): dist.Normal(0, 1)}, blocks.SKY_NAMES)
+        blocks.check_priors({"phi,center_x,center_y": dist.Normal(0, 1)}, blocks.SKY_NAMES)
 
 
 def test_kinematics_only_recovers_D_d_within_its_posterior_width():

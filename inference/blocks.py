@@ -312,16 +312,20 @@ def find_map(
             return jnp.asarray(init_values[site["name"]])
         return numpyro.infer.init_to_median(site)
 
-    seeded = handlers.seed(model, rng_seed=seed)
-    trace = handlers.trace(handlers.substitute(seeded, substitute_fn=strategy)).get_trace(
-        *args, **kwargs
-    )
-    z0 = {
-        name: biject_to(site["fn"].support).inv(site["value"])
-        for name, site in trace.items()
-        if site["type"] == "sample" and not site["is_observed"]
-    }
-    flat0, unravel = ravel_pytree(z0)
+    @jax.jit
+    def initial(key):
+        # traced, not run eagerly: XLA drops the likelihoods, which the starting point ignores
+        seeded = handlers.seed(model, rng_seed=key)
+        trace = handlers.trace(handlers.substitute(seeded, substitute_fn=strategy)).get_trace(
+            *args, **kwargs
+        )
+        return {
+            name: biject_to(site["fn"].support).inv(site["value"])
+            for name, site in trace.items()
+            if site["type"] == "sample" and not site["is_observed"]
+        }
+
+    flat0, unravel = ravel_pytree(initial(jax.random.PRNGKey(seed)))
 
     @jax.jit
     def objective(flat):

@@ -16,13 +16,14 @@ import scipy.signal
 from numpyro.infer import Predictive
 from numpyro.infer.util import log_density
 from skinn_jax.inference import blocks
+from skinn_jax.inference import data as kd
 from skinn_jax.inference.data import aperture_data, kinematic_data
 
 import skinn_jax
 from skinn_jax.cosmology import FIDUCIAL
 from skinn_jax.forward import SkyParams
 from skinn_jax.ifu import PSF, SpaxelGrid, gaussian_kernel
-from skinn_jax.likelihood import KinematicLikelihood
+from skinn_jax.likelihood import KinematicLikelihood, gaussian_log_likelihood
 from skinn_jax.profiles import sersic_light
 
 Z_D = 0.5
@@ -122,6 +123,13 @@ def mvn_constant(data):
     return -0.5 * (data.n_bins * np.log(2 * np.pi) + np.linalg.slogdet(data.covariance)[1])
 
 
+def lik_value(lik, params, sky):
+    """``lik(params, sky)`` (KinematicLikelihood.__call__: the Gaussian log-likelihood of its
+    residual), with the prediction compiled once per likelihood (blocks.predict's cache)."""
+    residual = blocks.predict(lik, params, sky) - lik.data.vrms
+    return gaussian_log_likelihood(residual, lik.data.cholesky)
+
+
 def test_two_data_sets_log_density_is_prior_plus_both_likelihoods(emu):
     """Cases 1 and 2: kinematics only, lens parameters from a user prior, two IFU data sets with
     different grids, PSFs, bins and covariances, each with its own likelihood."""
@@ -137,7 +145,7 @@ def test_two_data_sets_log_density_is_prior_plus_both_likelihoods(emu):
     sky = SkyParams(0.31, 0.01, -0.02, FIDUCIAL.D_dt * 1.02, FIDUCIAL.D_d)
     expected = prior_log_prob(names, values)
     for lik in liks.values():
-        expected += float(jax.jit(lik)(params, sky)) + mvn_constant(lik.data)
+        expected += float(lik_value(lik, params, sky)) + mvn_constant(lik.data)
     assert float(logp) == pytest.approx(expected, rel=1e-10, abs=1e-8)
     np.testing.assert_allclose(trace["params"]["value"], params)
     # each data set has its own observed site with its own bins
@@ -146,9 +154,11 @@ def test_two_data_sets_log_density_is_prior_plus_both_likelihoods(emu):
     # the likelihoods differ: dropping one changes the density by its own value
     one = {"kcwi": liks["kcwi"]}
     logp_one, _ = log_density(blocks.kinematics_model, (one,) + args[1:], {}, values)
-    nirspec = float(jax.jit(liks["nirspec"])(params, sky)) + mvn_constant(liks["nirspec"].data)
+    nirspec = float(lik_value(liks["nirspec"], params, sky)) + mvn_constant(liks["nirspec"].data)
     assert float(logp - logp_one) == pytest.approx(nirspec, rel=1e-10)
 
+    if "r_core" in names:
+        return  # Predictive compiles the whole model again: once is enough
     # Predictive: predictions come from the model, equal to the likelihood's forward model
     pred = Predictive(blocks.kinematics_model, {k: v[None] for k, v in values.items()},
                       return_sites=["kcwi_pred", "nirspec"])  # fmt: skip
@@ -173,36 +183,39 @@ def test_priors_must_cover_every_parameter_once(emu):
 
 
 def test_kinematics_only_recovers_D_d_within_its_posterior_width():
-    """Case 1 end to end: mock data sampled by the model itself (Predictive), MAP with optax's
-    L-BFGS, and the truth within 3 sigma of the Laplace width."""
+    """Case 1 end to end: mock data (the forward model plus noise drawn from the covariance),
+    MAP, and the truth within 3 sigma of the Laplace width at the MAP."""
     emu = skinn_jax.Emulator.load("pca64s")
     names = emu.param_names
     rng = np.random.default_rng(5)
     lik_truth = KinematicLikelihood(kcwi_like(rng), emu.vrms_at)
     lens = {n: TRUTH[n] for n in names}
-    lens["beta_z"] = dist.Uniform(-0.3, 0.3)
+    lens["beta_z"] = dist.Uniform(-0.4, 0.4)
     sky = {"phi": 0.3, "center_x": 0.0, "center_y": 0.0}
-    truth = {"beta_z": jnp.array(0.05), "D_d": jnp.array(1400.0)}
     distances = {"D_dt": FIDUCIAL.D_dt, "D_d": dist.Uniform(800.0, 2500.0)}
     args = (lens, sky, distances, names)
-    mock = Predictive(blocks.kinematics_model, {k: v[None] for k, v in truth.items()},
-                      return_sites=["kcwi"])(jax.random.PRNGKey(1), {"kcwi": lik_truth},
-                                             *args, observed=False)["kcwi"][0]  # fmt: skip
+    sky_truth = SkyParams(0.3, 0.0, 0.0, FIDUCIAL.D_dt, 1400.0)
+    params_truth = jnp.array([TRUTH[n] for n in names]).at[names.index("beta_z")].set(0.05)
+    noise = np.linalg.cholesky(lik_truth.data.covariance) @ rng.normal(size=lik_truth.data.n_bins)
+    mock = np.asarray(blocks.predict(lik_truth, params_truth, sky_truth)) + noise
     data = lik_truth.data
-    data = kinematic_data(data.grid, data.bin_map, np.asarray(mock), data.covariance, data.psf,
-                          z_d=Z_D, kind="vrms")  # fmt: skip
+    data = kd.kinematic_data(data.grid, data.bin_map, mock, data.covariance, data.psf, z_d=Z_D,
+                             kind="vrms")  # fmt: skip
     liks = {"kcwi": KinematicLikelihood(data, emu.vrms_at)}
     init = {"beta_z": 0.0, "D_d": 1200.0}
     fit = blocks.find_map(blocks.kinematics_model, liks, *args, init_values=init)
 
-    @jax.jit
     def log_post(theta):
         values = {"beta_z": theta[0], "D_d": theta[1]}
         return log_density(blocks.kinematics_model, (liks,) + args, {}, values)[0]
 
+    @jax.jit
+    def grad_and_hessian(theta):
+        return jax.grad(log_post)(theta), jax.hessian(log_post)(theta)
+
     theta = jnp.array([fit["beta_z"], fit["D_d"]])
-    grad = np.asarray(jax.jit(jax.grad(log_post))(theta))
-    cov = np.linalg.inv(-np.asarray(jax.jit(jax.hessian(log_post))(theta)))
+    grad, hessian = (np.asarray(a) for a in grad_and_hessian(theta))
+    cov = np.linalg.inv(-hessian)
     width = np.sqrt(np.diag(cov))
     assert np.all(np.abs(cov @ grad) < 0.05 * width)  # Newton step to the optimum << width
     assert 10.0 < width[1] < 400.0  # D_d is measured, not prior-dominated

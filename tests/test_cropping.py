@@ -47,7 +47,10 @@ def test_cropped_kcwi_prediction_equals_uncropped():
                                   crop=crop)  # fmt: skip
         preds[crop] = np.asarray(jax.jit(lik.predict)(params, sky))
         r0, r1, c0, c1 = lik.forward.window
-        assert (r1 - r0, c1 - c0) == (21, 21) if crop else (r1 - r0, c1 - c0) == (43, 43)
+        if crop:
+            assert r1 - r0 <= 21 and c1 - c0 <= 21
+        else:
+            assert (r1 - r0, c1 - c0) == (43, 43)
         if crop:
             n_cropped = lik.forward.n_points
     assert n_cropped < 0.5 * lik.forward.n_points

@@ -43,7 +43,6 @@ values) it raises ``ValueError`` naming the parameter. Keep priors inside the bo
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -169,7 +168,8 @@ def distance_block(priors: Priors) -> tuple[Array, Array]:
     return D_dt, D_d
 
 
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_compiled_predict = jax.jit(KinematicLikelihood.predict, static_argnums=0)
+"""``KinematicLikelihood.predict`` compiled per likelihood (hashed by identity)."""
 
 
 def predict(
@@ -191,10 +191,7 @@ def predict(
         check_sky_params(likelihood.forward, sky, physical=likelihood.physical_distances)
         if light is not None:
             SersicLight.checked(light)
-    compiled = _COMPILED.get(likelihood)
-    if compiled is None:
-        compiled = _COMPILED[likelihood] = jax.jit(likelihood.predict)
-    return compiled(params, sky, light)
+    return _compiled_predict(likelihood, params, sky, light)
 
 
 def kinematics_block(

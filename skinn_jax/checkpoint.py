@@ -220,6 +220,12 @@ def checkpoint_space(metadata: dict) -> ParamSpace:
     return space_named(metadata.get("param_space"))
 
 
+def _float32_struct(leaf) -> jax.ShapeDtypeStruct:
+    """The abstract array ``leaf`` with float32 for any floating dtype (others unchanged)."""
+    dtype = np.float32 if np.issubdtype(leaf.dtype, np.floating) else leaf.dtype
+    return jax.ShapeDtypeStruct(leaf.shape, dtype)
+
+
 def load_checkpoint(path: str | Path) -> tuple[NetworkConfig, dict, dict]:
     """Read a checkpoint directory; returns ``(config, variables, metadata)``.
 
@@ -241,6 +247,8 @@ def load_checkpoint(path: str | Path) -> tuple[NetworkConfig, dict, dict]:
             np.zeros(1, np.float32),
         )
     )
+    # checkpoints hold float32 weights: restore them as such whatever the default float dtype
+    abstract = jax.tree_util.tree_map(_float32_struct, abstract)
     try:
         variables = ocp.StandardCheckpointer().restore(path / WEIGHTS, abstract)
     except Exception as err:  # orbax raises many types for damaged directories

@@ -110,7 +110,7 @@ class KinematicLikelihood:
         data: the binned kinematic data (grid, bin map, v_rms, covariance, PSF, ``z_d``).
         vrms_at: galaxy-frame field ``vrms_at(params, x, y)`` in km/s at the fiducial
             distances, e.g. ``skinn_jax.Emulator.load().vrms_at``.
-        supersampling, light, moment, convolution, center_box, field_half_width, sampling:
+        supersampling, light, moment, convolution, center_box, field_half_width, sampling, crop:
             forward-model options, see :func:`skinn_jax.forward.build_forward_model`.
         physical_distances: refuse concrete ``D_dt < D_d`` (impossible: ``D_dt = (1 + z_d) D_d
             D_s / D_ds``); False for a model whose distance prior includes such pairs.
@@ -133,6 +133,7 @@ class KinematicLikelihood:
         center_box: CenterBox = DEFAULT_CENTER_BOX,
         field_half_width: float = HALF_WIDTH_ARCSEC,
         sampling: Literal["auto", "centred", "points"] = "auto",
+        crop: bool = True,
         physical_distances: bool = True,
     ) -> None:
         if not isinstance(data, KinematicData):
@@ -151,6 +152,7 @@ class KinematicLikelihood:
             center_box=center_box,
             field_half_width=field_half_width,
             sampling=sampling,
+            crop=crop,
         )
 
     def predict(self, params: ArrayLike, sky: SkyParams, light: SersicLight | None = None) -> Array:

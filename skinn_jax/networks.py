@@ -278,8 +278,10 @@ class CIPSGenerator(nn.Module):
         for _ in range(c.n_angular_harmonics - 1):
             harmonics.append(2 * cos2 * harmonics[-1] - harmonics[-2])
         angular = jnp.stack(harmonics[1:], axis=-1)
+        # float32 like every Dense kernel (flax's default param_dtype), also under x64: the
+        # checkpoint loader restores into this abstract tree and checksums dtypes too
         embedding = self.param(
-            "coordinate_embedding", nn.initializers.normal(0.1), c.embedding_shape
+            "coordinate_embedding", nn.initializers.normal(0.1), c.embedding_shape, jnp.float32
         )
         learned = bilinear_lookup(embedding, t, angle01)
         h = jnp.concatenate([t[..., None], radial, angular, learned], axis=-1)

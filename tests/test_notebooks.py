@@ -18,11 +18,12 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_three_notebooks():
+def test_there_are_four_notebooks():
     assert [p.name for p in NOTEBOOKS] == [
         "01_quickstart.ipynb",
         "02_kinematic_likelihood.ipynb",
         "03_joint_fit.ipynb",
+        "fit_your_own_lens.ipynb",
     ]
 
 

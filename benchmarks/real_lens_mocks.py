@@ -109,7 +109,13 @@ def expected_light(grid, psf, light, sky, radius):
     xs, ys = grid.coordinates()
     inside = np.hypot(xs - sky.center_x, ys - sky.center_y) < radius
     model = build_forward_model(
-        grid, np.where(inside, 0, -1), psf, supersampling=3, center_box=CENTER, sampling="points"
+        grid,
+        np.where(inside, 0, -1),
+        psf,
+        supersampling=3,
+        center_box=CENTER,
+        sampling="points",
+        crop=False,
     )
     x, y = galaxy_frame_points(model, sky)
     image = convolve_valid(model, light.surface_brightness(x, y))

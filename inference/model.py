@@ -555,8 +555,9 @@ def load_emulator(checkpoint=None):
     """``skinn_jax.Emulator.load(checkpoint)`` (:data:`PAPER_BOX_EMULATOR` if None), float32
     weights.
 
-    Loaded with float64 disabled: under ``jax_enable_x64`` the checkpoint loader builds the
-    network's abstract parameters with a float64 coordinate embedding and the checksum fails.
+    Loaded with float64 disabled, so that the constants the emulator derives at load are float32
+    as in the fits behind the committed study (``Emulator.load`` itself works under
+    ``jax_enable_x64``).
     """
     import skinn_jax
 

@@ -3,9 +3,9 @@
 The public interface (CONVENTIONS §7)::
 
     import skinn_jax
-    emu = skinn_jax.Emulator.load()
-    emu.param_names
-    emu.vrms_map(p)          # (8,) or (B, 8) -> (551, 551) or (B, 551, 551), km/s
+    emu = skinn_jax.Emulator.load()   # the real-lens emulator; "pca64s" is the paper's box
+    emu.param_names          # nine names, the last r_core (arcsec; 0 = singular)
+    emu.vrms_map(p)          # (9,) or (B, 9) -> (551, 551) or (B, 551, 551), km/s
     emu.vrms_at(p, x, y)     # galaxy-frame arcsec -> km/s
 """
 

@@ -2,7 +2,7 @@
 
 ::
 
-    emu = skinn_jax.Emulator.load()          # default checkpoint shipped in the package
+    emu = skinn_jax.Emulator.load()          # default checkpoint shipped (real-lens, P = 9)
     emu.param_names                          # the P input names, in order (P = 8 or 9)
     emu.vrms_map(p)                          # (P,) or (B, P) -> (551, 551) or (B, 551, 551), km/s
     emu.vrms_at(p, x, y)                     # galaxy-frame arcsec, any shape -> same shape, km/s

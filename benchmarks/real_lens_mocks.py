@@ -344,7 +344,9 @@ def write_report(result: dict, args) -> None:
         "# Realistic mocks: D_d from JAM-truth kinematics",
         "",
         f"Reproduce: `python benchmarks/real_lens_mocks.py --emulator {args.emulator} "
-        f"--paper {args.paper} --n {args.n}` ({result['seconds'] / 60:.0f} min on 2 CPU cores).",
+        f"--paper {args.paper} --n {args.n}` ({result['seconds'] / 60:.0f} min on 2 CPU cores, "
+        "with the JAM truths in the cache `data/rl_mocks`; filling it, `--truth-only`, took "
+        "12 min on the busy 2-core machine).",
         "Mocks from JAM truth (double-Sérsic light, singular or nearly singular power law, "
         "3 % statistical + 2.5 % correlated systematic covariance); lens model and D_dt fixed at "
         "the truth, β_z, inclination and D_d free; exact quadrature posterior (see the script's "

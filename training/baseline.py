@@ -37,7 +37,7 @@ from skinn_jax.networks import (
 
 from .evaluate import predict
 from .generate import DataSet
-from .train import check_signed_target, full_map_errors, load_maps
+from .train import check_signed_target, data_space, full_map_errors, load_maps
 
 
 @dataclass
@@ -108,12 +108,7 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
     check_signed_target(cfg.signed, cfg.target, "use signed=False (train-baseline --clipped)")
     t_cpu = time.process_time()
     # the fit sees the signed maps; validation compares with the clipped truth
-    space = DataSet(cfg.train_data).space
-    if DataSet(cfg.val_data).space is not space:
-        raise ValueError(
-            f"{cfg.train_data} ({space.name}) and {cfg.val_data} "
-            f"({DataSet(cfg.val_data).space.name}) are from different parameter spaces"
-        )
+    space = data_space(cfg.train_data, cfg.val_data)
     params_train, vrms_train, _ = load_maps(cfg.train_data, cfg.n_train, signed=cfg.signed)
     params_val, vrms_val, _ = load_maps(cfg.val_data)
     params_val, vrms_val = params_val[: cfg.n_val], vrms_val[: cfg.n_val]

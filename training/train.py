@@ -167,6 +167,17 @@ def load_maps(
     return params, vrms, n_zero
 
 
+def data_space(train_data: str | Path, val_data: str | Path) -> ParamSpace:
+    """The parameter space of a training and a validation set (``ValueError`` if they differ)."""
+    space, val_space = DataSet(train_data).space, DataSet(val_data).space
+    if val_space is not space:
+        raise ValueError(
+            f"{train_data} ({space.name}) and {val_data} ({val_space.name}) are from different "
+            "parameter spaces"
+        )
+    return space
+
+
 class PixelSampler:
     """Pixel indices of the flattened quadrant: uniform, inside 2", inside 0.3"."""
 
@@ -422,12 +433,7 @@ def train(
     else:
         config_path.write_text(json.dumps(cfg.to_dict(), indent=1))
 
-    space = DataSet(cfg.train_data).space
-    if DataSet(cfg.val_data).space is not space:
-        raise ValueError(
-            f"{cfg.train_data} ({space.name}) and {cfg.val_data} "
-            f"({DataSet(cfg.val_data).space.name}) are from different parameter spaces"
-        )
+    space = data_space(cfg.train_data, cfg.val_data)
     net = make_network(cfg.network)
     optimizer = make_optimizer(cfg)
     state, consts = init_state(net, optimizer, cfg, constants, space.n_params)

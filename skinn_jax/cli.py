@@ -237,6 +237,12 @@ def _add_baseline(sub) -> None:
     p.add_argument("--width", type=arg_int(1), default=256, help="coefficient-MLP width")
     p.add_argument("--depth", type=arg_int(1), default=4, help="coefficient-MLP hidden layers")
     p.add_argument(
+        "--members",
+        type=arg_int(1),
+        default=1,
+        help="coefficient MLPs trained independently and averaged (an ensemble)",
+    )
+    p.add_argument(
         "--learning-rate",
         type=arg_float(0.0, open_min=True),
         default=2e-3,
@@ -321,6 +327,7 @@ def _run_baseline(args) -> int:
         negative_scale=args.negative_scale,
         basis_rank=args.basis_rank,
         cusp_weight=args.cusp_weight,
+        n_members=args.members,
         export=args.export,
     )
     print(json.dumps(train_baseline(cfg), indent=1))

@@ -148,6 +148,8 @@ class NetworkConfig:
             two small matrix products instead of one product with the whole basis.
         cusp_weight: the network emulates ``cusp_weight(p, R) * u`` (bounded at a singular
             centre, :func:`cusp_weight`) instead of ``u``; the real-lens networks do.
+        n_members: number of mapping networks averaged (an ensemble, :class:`MappingNetwork`);
+            1 is a single network.
     """
 
     kind: str = "cips"
@@ -163,10 +165,13 @@ class NetworkConfig:
     target: str = "u"
     basis_rank: int = 0
     cusp_weight: bool = False
+    n_members: int = 1
 
     def __post_init__(self):
         if self.target not in TARGETS:
             raise ValueError(f"network target must be one of {TARGETS}, got {self.target!r}")
+        if not isinstance(self.n_members, int) or self.n_members < 1:
+            raise ValueError(f"n_members must be an integer >= 1, got {self.n_members!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -247,17 +252,53 @@ def factorise_basis(basis, rank: int):
     return rows.astype(np.float32), core.astype(np.float32), cols.astype(np.float32)
 
 
-class MappingNetwork(nn.Module):
-    """M: normalised parameters (..., 8) -> style (..., K + 1)."""
+def _mlp(config: NetworkConfig, h):
+    """The mapping MLP's layers, created in the calling module's compact scope."""
+    for _ in range(config.mapping_depth):
+        h = nn.silu(nn.Dense(config.mapping_width)(h))
+    return nn.Dense(config.n_basis + 1)(h)
 
+
+class _MappingMember(nn.Module):
     config: NetworkConfig
 
     @nn.compact
     def __call__(self, p_norm):
-        h = p_norm
-        for _ in range(self.config.mapping_depth):
-            h = nn.silu(nn.Dense(self.config.mapping_width)(h))
-        return nn.Dense(self.config.n_basis + 1)(h)
+        return _mlp(self.config, p_norm)
+
+
+class MappingNetwork(nn.Module):
+    """M: normalised parameters (..., P) -> style (..., K + 1).
+
+    With ``config.n_members = m > 1`` it is an ensemble: m MLPs of the same shape (parameters
+    with a leading axis m, trained independently on their own batches) whose outputs are
+    averaged. Every output is linear in the style, so the average of the styles is the average
+    of the members' ``u`` maps.
+
+    Args:
+        p_norm: normalised parameters (..., P); with ``per_member=True`` one batch per member,
+            (m, ..., P).
+        per_member: return each member's style (m, ..., K + 1) instead of their mean (training).
+    """
+
+    config: NetworkConfig
+
+    @nn.compact
+    def __call__(self, p_norm, per_member: bool = False):
+        m = self.config.n_members
+        if m == 1:  # with per_member the input already has its member axis (1, ..., P)
+            return _mlp(self.config, p_norm)
+        members = nn.vmap(
+            _MappingMember,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=0,
+            out_axes=0,
+            axis_size=m,
+        )(self.config, name="members")
+        if per_member:
+            return members(p_norm)
+        return members(jnp.broadcast_to(p_norm, (m, *p_norm.shape))).mean(axis=0)
 
 
 class CIPSGenerator(nn.Module):

@@ -145,6 +145,45 @@ def test_baseline_trains_exports_and_loads(data, tmp_path, target):
             train_baseline(replace(cfg, signed=True), progress=False)
 
 
+def test_baseline_ensemble_averages_independent_members(data, tmp_path):
+    """An ensemble of coefficient MLPs: members differ (own init, own batches), the exported
+    emulator's map is the members' mean ``u`` map, and it loads behind the one interface."""
+    import jax.numpy as jnp
+    from skinn_jax.training.baseline import BaselineConfig, train_baseline
+    from skinn_jax.training.train import load_maps
+
+    from skinn_jax.networks import make_network, relative_velocity, velocity_scale
+
+    cfg = BaselineConfig(
+        train_data=str(data / "train"), val_data=str(data / "val"), n_val=4, n_components=4,
+        n_pca_maps=8, steps=100, batch=8, mapping_width=32, mapping_depth=2, n_members=3,
+        export=str(tmp_path / "ens"),
+    )  # fmt: skip
+    result = train_baseline(cfg, progress=False)
+    assert 0.0 < result["val_median_abs_E"] < 30.0
+    emu = Emulator.load(tmp_path / "ens")
+    assert emu.config.n_members == 3
+    kernel = emu.variables["params"]["mapping"]["members"]["Dense_0"]["kernel"]
+    assert kernel.shape[0] == 3 and not np.allclose(kernel[0], kernel[1])
+    params, _, _ = load_maps(data / "val", 2)
+    net = make_network(emu.config)
+    p_norm = jnp.asarray(emu.space.normalise(params.astype(np.float32)))
+    styles = net.apply(
+        emu.variables,
+        jnp.broadcast_to(p_norm, (3, *p_norm.shape)),
+        method=lambda module, x: module.mapping(x, per_member=True),
+    )
+    x = jnp.array([0.3, 1.1, 2.0])
+    y = jnp.array([0.0, 0.4, -1.5])
+    feats = net.apply(emu.variables, x, y, method="features")
+    u_members = jnp.einsum("mbk,pk->mbp", styles[..., 1:], feats[:, 1:]) + feats[:, 0]
+    expected = velocity_scale(params)[:, None] * relative_velocity(u_members.mean(axis=0))
+    got = np.stack([np.asarray(emu.vrms_at(p, x, y)) for p in params])
+    np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-3)
+    with pytest.raises(ValueError, match="n_members must be an integer >= 1"):
+        replace(emu.config, n_members=0)
+
+
 def test_signed_maps_are_the_truth_plus_its_negative_part(data, tmp_path):
     import shutil
 

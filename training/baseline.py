@@ -59,6 +59,7 @@ class BaselineConfig:
     negative_scale: float = 0.0
     basis_rank: int = 0
     cusp_weight: bool = False
+    n_members: int = 1
     export: str = "checkpoints/pca"
 
 
@@ -137,6 +138,7 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
         mapping_depth=cfg.mapping_depth,
         target=cfg.target,
         cusp_weight=cfg.cusp_weight,
+        n_members=cfg.n_members,
     )
     net = make_network(config)
     basis = (
@@ -156,11 +158,16 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
     opt_state = opt.init(params)
     p_norm = np.asarray(space.normalise(params_train.astype(np.float32)))
 
+    def member_styles(module, x):
+        return module.mapping(x, per_member=True)
+
     @jax.jit
     def step(params, opt_state, x, t):
+        # x (m, batch, P), t (m, batch, K + 1): each member its own batch; the loss is the sum
+        # of the members' own losses, so they train independently (an ensemble, not one model)
         def loss(q):
-            pred = net.apply({"params": q, **constants}, x, method="style")
-            return jnp.mean((pred - t) ** 2)
+            pred = net.apply({"params": q, **constants}, x, method=member_styles)[..., 1:]
+            return jnp.mean((pred - t[..., 1:]) ** 2) * cfg.n_members
 
         value, grads = jax.value_and_grad(loss)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
@@ -168,7 +175,7 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
 
     rng = np.random.default_rng(cfg.seed)
     for _ in tqdm(range(cfg.steps), desc="train baseline", disable=not progress):
-        idx = rng.integers(0, len(p_norm), cfg.batch)
+        idx = rng.integers(0, len(p_norm), (cfg.n_members, cfg.batch))
         params, opt_state, _ = step(params, opt_state, p_norm[idx], targets[idx])
     variables = {"params": params, **constants}
     pred = predict(Emulator(config, variables, {"param_space": space.name}), params_val)

@@ -125,16 +125,25 @@ def test_batch_not_divisible_by_devices_is_rejected(data, tmp_path):
 
 @pytest.mark.parametrize("target", ["u", "v"])
 def test_baseline_trains_exports_and_loads(data, tmp_path, target):
+    """A baseline run exports a checkpoint that loads behind the one interface; the ``u`` run is
+    an ensemble of three coefficient MLPs (members differ: own init, own batches) whose
+    exported map is the members' mean ``u`` map, the ``v`` run a single network."""
+    import jax.numpy as jnp
     from skinn_jax.training.baseline import BaselineConfig, train_baseline
+    from skinn_jax.training.train import load_maps
 
+    from skinn_jax.networks import make_network, relative_velocity, velocity_scale
+
+    members = 3 if target == "u" else 1
     cfg = BaselineConfig(
         train_data=str(data / "train"), val_data=str(data / "val"), n_val=4, n_components=4,
         n_pca_maps=8, steps=200, batch=8, mapping_width=32, mapping_depth=2, target=target,
-        signed=target == "u", export=str(tmp_path / "pca"),
+        signed=target == "u", n_members=members, export=str(tmp_path / "pca"),
     )  # fmt: skip
     result = train_baseline(cfg, progress=False)
     emu = Emulator.load(tmp_path / "pca")
     assert emu.config.target == target and emu.config.n_basis == 4
+    assert emu.config.n_members == members
     assert read_metadata(tmp_path / "pca")["validation_metrics"] == {
         k: result[k] for k in ("val_median_abs_E", "val_p95_abs_E", "val_median_E")
     }
@@ -143,34 +152,17 @@ def test_baseline_trains_exports_and_loads(data, tmp_path, target):
     if target == "v":
         with pytest.raises(ValueError, match="signed maps need target 'u'"):
             train_baseline(replace(cfg, signed=True), progress=False)
-
-
-def test_baseline_ensemble_averages_independent_members(data, tmp_path):
-    """An ensemble of coefficient MLPs: members differ (own init, own batches), the exported
-    emulator's map is the members' mean ``u`` map, and it loads behind the one interface."""
-    import jax.numpy as jnp
-    from skinn_jax.training.baseline import BaselineConfig, train_baseline
-    from skinn_jax.training.train import load_maps
-
-    from skinn_jax.networks import make_network, relative_velocity, velocity_scale
-
-    cfg = BaselineConfig(
-        train_data=str(data / "train"), val_data=str(data / "val"), n_val=4, n_components=4,
-        n_pca_maps=8, steps=100, batch=8, mapping_width=32, mapping_depth=2, n_members=3,
-        export=str(tmp_path / "ens"),
-    )  # fmt: skip
-    result = train_baseline(cfg, progress=False)
-    assert 0.0 < result["val_median_abs_E"] < 30.0
-    emu = Emulator.load(tmp_path / "ens")
-    assert emu.config.n_members == 3
+        with pytest.raises(ValueError, match="n_members must be an integer >= 1"):
+            replace(emu.config, n_members=0)
+        return
     kernel = emu.variables["params"]["mapping"]["members"]["Dense_0"]["kernel"]
-    assert kernel.shape[0] == 3 and not np.allclose(kernel[0], kernel[1])
+    assert kernel.shape[0] == members and not np.allclose(kernel[0], kernel[1])
     params, _, _ = load_maps(data / "val", 2)
     net = make_network(emu.config)
     p_norm = jnp.asarray(emu.space.normalise(params.astype(np.float32)))
     styles = net.apply(
         emu.variables,
-        jnp.broadcast_to(p_norm, (3, *p_norm.shape)),
+        jnp.broadcast_to(p_norm, (members, *p_norm.shape)),
         method=lambda module, x: module.mapping(x, per_member=True),
     )
     x = jnp.array([0.3, 1.1, 2.0])
@@ -180,8 +172,6 @@ def test_baseline_ensemble_averages_independent_members(data, tmp_path):
     expected = velocity_scale(params)[:, None] * relative_velocity(u_members.mean(axis=0))
     got = np.stack([np.asarray(emu.vrms_at(p, x, y)) for p in params])
     np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-3)
-    with pytest.raises(ValueError, match="n_members must be an integer >= 1"):
-        replace(emu.config, n_members=0)
 
 
 def test_signed_maps_are_the_truth_plus_its_negative_part(data, tmp_path):

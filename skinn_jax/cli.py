@@ -378,7 +378,7 @@ def _add_fit_mock(sub) -> None:
         type=arg_int(0),
         default=None,
         help="study mock system K (default: the built-in system, a typical lens independent of "
-        "any data set; see skinn_jax.inference.mock_system.BUILTIN_PARAMS)",
+        "any data set; see skinn_jax.inference.mocks.system.BUILTIN_PARAMS)",
     )
     p.add_argument("--mode", default="joint", choices=["joint", "lensing", "kinematics"])
     p.add_argument(
@@ -528,15 +528,12 @@ def _run_fit_mock(args) -> int:
 
     jax.config.update("jax_enable_x64", True)
 
+    from skinn_jax.inference.data import SystemData
     from skinn_jax.inference.fit import fit
-    from skinn_jax.inference.mock_system import describe, make_mock_system, plot_mock_system
-    from skinn_jax.inference.model import (
-        SystemData,
-        build_setup,
-        load_emulator,
-        solver_start_from_truth,
-        truth_values,
-    )
+    from skinn_jax.inference.kinematics import load_emulator
+    from skinn_jax.inference.mocks.system import describe, make_mock_system, plot_mock_system
+    from skinn_jax.inference.mocks.truth import solver_start_from_truth, truth_values
+    from skinn_jax.inference.model import build_setup
 
     out.mkdir(parents=True, exist_ok=True)
     print(

@@ -15,16 +15,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from herculens.MassModel.Profiles.epl import EPL
+
+from skinn_jax.forward import SkyParams, field_from_quadrant
+from skinn_jax.ifu import PSF, KinematicData, SpaxelGrid
 from skinn_jax.inference import fit as fit_mod
+from skinn_jax.inference.data import SystemData
+from skinn_jax.inference.kinematics import EmulatorField, emulator_params, load_emulator
 from skinn_jax.inference.lensing import CoredPowerLaw, ImagingSettings
-from skinn_jax.inference.mock_kinematics import MockSettings, field_for_forward_model
-from skinn_jax.inference.mock_system import (
+from skinn_jax.inference.lensing.lens import epl_from_mass, mass_from_epl, solve_lens
+from skinn_jax.inference.mocks.kinematics import MockSettings, field_for_forward_model
+from skinn_jax.inference.mocks.system import (
     BUILTIN_PARAMS,
     MockSystemSettings,
     make_mock_system,
     plot_mock_system,
     system_params,
 )
+from skinn_jax.inference.mocks.truth import solver_start_from_truth, truth_values
 from skinn_jax.inference.model import (
     LOG_THETA_E_SITE,
     MODEL_QUAD_NODES,
@@ -32,30 +39,20 @@ from skinn_jax.inference.model import (
     RATIO,
     RATIO_SITE,
     RATIO_THETA_E_SITE,
-    EmulatorField,
-    Priors,
-    SystemData,
     build_setup,
-    emulator_params,
-    epl_from_mass,
-    kinematic_scale_coordinates,
-    load_emulator,
     log_density,
+    model,
+    site_names,
+)
+from skinn_jax.inference.priors import (
+    Priors,
+    kinematic_scale_coordinates,
     log_kinematic_scale_prior,
     log_ratio_box,
     log_ratio_prior,
     log_theta_E_box,
-    mass_from_epl,
-    model,
     ratio_theta_E_box,
-    site_names,
-    solve_lens,
-    solver_start_from_truth,
-    truth_values,
 )
-
-from skinn_jax.forward import SkyParams, field_from_quadrant
-from skinn_jax.ifu import PSF, KinematicData, SpaxelGrid
 from skinn_jax.likelihood import KinematicLikelihood
 from skinn_jax.profiles import kappa_cored_pemd, to_galaxy_frame
 
@@ -169,7 +166,7 @@ def test_model_image_at_the_truth_is_the_mocks_noiseless_image(system, data):
     """The fit's imaging model (its coarser quadrature included) at the true parameters gives the
     mock's noiseless image to far below the noise, so a lensing-only offset from the truth comes
     from the noise, not from a mismatch; the data's χ² at the truth is then that of pure noise."""
-    from skinn_jax.inference.model import predict
+    from skinn_jax.inference.predict import predict
 
     setup = _setup(data, "lensing", solver_start=solver_start_from_truth(system))
     truth = truth_values(system, "lensing")
@@ -453,7 +450,7 @@ def test_coverage_is_nominal_for_exact_posteriors_and_detects_overconfidence(
     truth 68 % / 95 % of the time; ones 2.5x too narrow fail the same check."""
     from types import SimpleNamespace
 
-    from skinn_jax.inference import run_study
+    from skinn_jax.inference import study as run_study
 
     rng = np.random.default_rng(1)
     results = {}
@@ -473,7 +470,7 @@ def test_coverage_is_nominal_for_exact_posteriors_and_detects_overconfidence(
 def test_log_distance_coordinates_keep_the_prior_uniform_in_the_distances():
     """Uniform draws of (log D_dt, log D_d) in their boxes, weighted by the model's Jacobian
     factor, are uniform draws of (D_dt, D_d) in theirs (without the factor they are not)."""
-    from skinn_jax.inference.model import distance_log_jacobian
+    from skinn_jax.inference.priors import distance_log_jacobian
 
     pr = Priors()
     rng = np.random.default_rng(3)
@@ -686,7 +683,8 @@ def test_study_reports_the_distance_ratio_of_kinematics_and_joint_fits(tmp_path)
     from types import SimpleNamespace
 
     import arviz as az
-    from skinn_jax.inference import run_study
+
+    from skinn_jax.inference import study as run_study
 
     rng = np.random.default_rng(2)
     results = {}

@@ -1,4 +1,4 @@
-"""Tests of skinn_jax.inference.mock_kinematics, and the forward model end to end against jampy."""
+"""Tests of skinn_jax.inference.mocks.kinematics, and the forward model end to end against jampy."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from skinn_jax.inference import mock_kinematics as mk
 from skinn_jax.training.jam import jam_model, jam_vrms
 
 from skinn_jax.cosmology import FIDUCIAL
 from skinn_jax.forward import SkyParams
+from skinn_jax.inference.mocks import kinematics as mk
 from skinn_jax.likelihood import KinematicLikelihood
 from skinn_jax.profiles import sersic_b_np
 

@@ -58,6 +58,7 @@ def points(truth: dict, names: tuple[str, ...], boxes: dict) -> list[dict]:
 def site_boxes(setup, data) -> dict:
     """The support of each sampled site (from the model's own trace)."""
     from numpyro import handlers
+
     from skinn_jax.inference.model import model
 
     with handlers.seed(rng_seed=0):
@@ -75,6 +76,7 @@ def site_boxes(setup, data) -> dict:
 def evaluate(data, setup, point: dict) -> tuple[float, float]:
     """``(log_density, potential_energy on the unconstrained space)`` at a constrained point."""
     from numpyro.infer.util import potential_energy, unconstrain_fn
+
     from skinn_jax.inference.model import log_density, model
 
     values = {k: jnp.asarray(v) for k, v in point.items()}
@@ -85,14 +87,16 @@ def evaluate(data, setup, point: dict) -> tuple[float, float]:
 
 
 def build(mode: str, system, data, emulator):
-    from skinn_jax.inference.model import build_setup, solver_start_from_truth
+    from skinn_jax.inference.mocks.truth import solver_start_from_truth
+    from skinn_jax.inference.model import build_setup
 
     return build_setup(data, mode, emulator=emulator, solver_start=solver_start_from_truth(system))
 
 
 def compute(system, data, emulator) -> dict[str, np.ndarray]:
     """Every mode's points, flattened site by site, and the two densities at each point."""
-    from skinn_jax.inference.model import site_names, truth_values
+    from skinn_jax.inference.mocks.truth import truth_values
+    from skinn_jax.inference.model import site_names
 
     arrays: dict[str, np.ndarray] = {}
     for mode in MODES:
@@ -109,10 +113,11 @@ def compute(system, data, emulator) -> dict[str, np.ndarray]:
 
 def mock(settings_only: bool = False):
     """Mock system 3 of tests/test_inference.py, its data and the paper-box emulator."""
+    from skinn_jax.inference.data import SystemData
+    from skinn_jax.inference.kinematics import load_emulator
     from skinn_jax.inference.lensing import ImagingSettings
-    from skinn_jax.inference.mock_kinematics import MockSettings
-    from skinn_jax.inference.mock_system import MockSystemSettings, make_mock_system
-    from skinn_jax.inference.model import SystemData, load_emulator
+    from skinn_jax.inference.mocks.kinematics import MockSettings
+    from skinn_jax.inference.mocks.system import MockSystemSettings, make_mock_system
 
     settings = MockSystemSettings(
         imaging=ImagingSettings(n_pix=50), kinematics=MockSettings(n_pix=31)

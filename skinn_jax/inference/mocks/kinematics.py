@@ -44,7 +44,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
-from skinn_jax.training.jam import DEFAULT_SETTINGS, JamSettings, jam_vrms
 
 from skinn_jax.cosmology import FIDUCIAL, LensDistances
 from skinn_jax.forward import (
@@ -62,6 +61,7 @@ from skinn_jax.ifu import PSF, KinematicData, SpaxelGrid
 from skinn_jax.params import sample_params, validate_params
 from skinn_jax.profiles import SersicLight
 from skinn_jax.profiles import sersic_total_flux as _jax_sersic_total_flux
+from skinn_jax.training.jam import DEFAULT_SETTINGS, JamSettings, jam_vrms
 
 
 @dataclass(frozen=True)

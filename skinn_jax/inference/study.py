@@ -2,12 +2,12 @@
 
 ::
 
-    python -m skinn_jax.inference.run_study --systems 0 1 2 3 4 5 6 7 8 9 \\
+    python -m skinn_jax.inference.study --systems 0 1 2 3 4 5 6 7 8 9 \\
         [--modes joint lensing kinematics] [--out docs/benchmarks/study] [--checkpoint PATH] \\
         [--warmup N --samples N --chains N] [--reweight-systems 0 --reweight-draws 200] \\
         [--figures docs/figures]
 
-For every system ``k`` (:func:`skinn_jax.inference.mock_system.make_mock_system`) and mode, a fit
+For every system ``k`` (:func:`skinn_jax.inference.mocks.system.make_mock_system`) and mode, a fit
 (:func:`skinn_jax.inference.fit.fit`, MAP + NUTS) into ``OUT/<k>/<mode>``; fits are restartable and
 a complete fit is loaded rather than redone, so the study can be stopped and resumed. Then:
 
@@ -24,7 +24,7 @@ a complete fit is loaded rather than redone, so the study can be stopped and res
 - **emulator error**: for the ``--reweight-systems``, joint- and kinematics-mode draws are
   importance-reweighted by ``L_kin(JAM truth) / L_kin(emulator)``, with JAM truth recomputed at
   each draw's parameters
-  (:func:`skinn_jax.inference.mock_kinematics.jam_truth_bins` at the draw's distances, through the
+  (:func:`skinn_jax.inference.mocks.kinematics.jam_truth_bins` at the draw's distances, through the
   same forward model); reported: the effective sample size ``(Σw)²/Σw²`` and every parameter's
   shift (weighted mean - mean) / sd;
 - **timings**: per system and mode, wall time, likelihood evaluations and time per evaluation.
@@ -131,7 +131,8 @@ def summary_row(per_mode: dict, name: str) -> dict | None:
 def study_setup(system, data, mode: str, emulator):
     """The model set-up of one study fit: ``system``'s data in ``mode``, the lens solver started
     from the mock's truth, the emulator everywhere but in lensing mode."""
-    from .model import build_setup, solver_start_from_truth
+    from .mocks.truth import solver_start_from_truth
+    from .model import build_setup
 
     return build_setup(
         data,
@@ -156,7 +157,7 @@ class StudyOptions:
         progress: progress bars.
         quiet: no log messages from the fits.
         replace_changed: refit (deleting it) a fit made with other inputs instead of stopping.
-        mock_settings: :class:`~skinn_jax.inference.mock_system.MockSystemSettings` of the mock
+        mock_settings: :class:`~skinn_jax.inference.mocks.system.MockSystemSettings` of the mock
             systems (None: the paper's, as in the study).
     """
 
@@ -196,13 +197,13 @@ def fit_settings(mode: str, options: StudyOptions):
 @lru_cache(maxsize=4)
 def _emulator(checkpoint: str | None):
     """The emulator of ``checkpoint``, loaded once per process (worker)."""
-    from .model import load_emulator
+    from .kinematics import load_emulator
 
     return load_emulator(checkpoint)
 
 
 def _mock_system(k: int, options: StudyOptions):
-    from .mock_system import make_mock_system
+    from .mocks.system import make_mock_system
 
     kwargs = {"params_source": options.params_source, "test_set": options.test_set}
     if options.mock_settings is not None:
@@ -217,8 +218,9 @@ def fit_one(task: FitTask, system=None) -> dict:
         task: the system, mode and shared options.
         system: the mock system if already built (else built from ``task``).
     """
+    from .data import SystemData
     from .fit import OutputExistsError, fit
-    from .model import SystemData, truth_values
+    from .mocks.truth import truth_values
 
     system = system if system is not None else _mock_system(task.system, task.options)
     data = SystemData.from_mock(system)
@@ -295,9 +297,10 @@ def run_fits(args) -> dict:
     """Fit every system in every mode (or load complete fits). Returns ``{k: {mode: result}}``."""
     import jax
 
+    from .data import SystemData
     from .fit import load_result
-    from .mock_system import plot_mock_system
-    from .model import SystemData, truth_values
+    from .mocks.system import plot_mock_system
+    from .mocks.truth import truth_values
 
     options = study_options(args)
     if args.scheduler and not args.report_only:
@@ -491,8 +494,9 @@ def reweight(per_mode: dict, n_draws: int, seed: int = 0) -> dict:
 
     from skinn_jax.likelihood import gaussian_log_likelihood
 
-    from .mock_kinematics import jam_distances, jam_truth_bins
-    from .model import RATIO, emulator_params, kinematic_distances, sky_params
+    from .kinematics import emulator_params, kinematic_distances, sky_params
+    from .mocks.kinematics import jam_distances, jam_truth_bins
+    from .model import RATIO
 
     result, setup, data = per_mode["result"], per_mode["setup"], per_mode["data"]
     post = result.idata.posterior
@@ -665,11 +669,11 @@ def plot_pp(results: dict, modes, path: Path, converged: dict | None = None) -> 
 def reassess(per_mode: dict):
     """The convergence policy's :class:`~skinn_jax.inference.convergence.Verdict` of a stored fit
     (its posterior draws and NUTS statistics), whatever criteria it was made with."""
-    from .fit import FitSettings, _reported_names, assess_draws, parameter_boxes
+    from .fit import FitSettings, assess_draws, parameter_boxes, reported_names
 
     result, setup = per_mode["result"], per_mode["setup"]
     post, stats = result.idata.posterior, result.idata.sample_stats
-    names = [n for n in _reported_names(setup.mode) if n in post]
+    names = [n for n in reported_names(setup.mode) if n in post]
     samples = {n: np.asarray(post[n]) for n in names}
     extra = {"diverging": np.asarray(stats["diverging"]), "num_steps": np.asarray(stats["n_steps"])}
     depth = int(result.report.get("settings", {}).get("max_tree_depth", 8))

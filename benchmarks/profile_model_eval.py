@@ -34,10 +34,10 @@ from skinn_jax.inference.data import SystemData  # noqa: E402
 from skinn_jax.inference.fit import make_potential  # noqa: E402
 from skinn_jax.inference.kinematics import emulator_params, load_emulator, sky_params  # noqa: E402
 from skinn_jax.inference.lensing.lens import solve_lens, solved_lens_params  # noqa: E402
+from skinn_jax.inference.mocks.fit import mock_setup  # noqa: E402
 from skinn_jax.inference.mocks.system import make_mock_system  # noqa: E402
 from skinn_jax.inference.mocks.truth import solver_start_from_truth, truth_values  # noqa: E402
 from skinn_jax.inference.model import build_setup  # noqa: E402
-from skinn_jax.inference.study import study_setup  # noqa: E402
 
 
 def median_time_ms(fn, args, repeats: int) -> float:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     emulator = load_emulator(args.checkpoint)
     print(f"system {args.system} ({system.params_source}), {jax.devices()[0].platform}")
     for mode in args.modes:
-        setup = study_setup(system, data, mode, emulator)
+        setup = mock_setup(system, data, mode, emulator)
         truths = truth_values(system, mode)
         pot = make_potential(data, setup, truths)
         z = jnp.asarray(pot.z0)

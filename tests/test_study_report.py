@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import arviz as az
 import numpy as np
 import pytest
+
 from skinn_jax.inference import study
 
 

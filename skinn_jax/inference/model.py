@@ -10,7 +10,7 @@ set-up; inference lives in :mod:`skinn_jax.inference.fit`). The log likelihood i
 
 Prior
 -----
-The same in every mode (model version 5): uniform in the paper's parameters -- the emulator's
+The same in every mode: uniform in the paper's parameters -- the emulator's
 mass ``theta_E``, ``gamma``, ``q_mass`` and position angle ``phi``, the centre, the light,
 kinematic and distance parameters (paper Tables 1 and 2, the distributions the mock truths are
 drawn from, so that the coverage test is calibrated) -- and in the shear ``gamma1, gamma2``, the
@@ -71,7 +71,7 @@ can have several solutions; Newton's method follows the one connected to ``solve
 truth for mock systems, as the fit starts there; a round lens fitted to the measured positions by
 default, :func:`default_solver_start`).
 
-Kinematics mode (model versions >= 4) samples ``log_theta_E = log(theta_E / 1″)`` (emulator
+Kinematics mode samples ``log_theta_E = log(theta_E / 1″)`` (emulator
 convention), ``gamma``, ``q_mass``, ``phi``, the centre, ``q_light``, ``r_sersic_ratio``,
 ``n_sersic``, ``beta_z``, ``inclination_deg`` and ``log_ratio_theta_E = log(D_dt / D_d x theta_E /
 1″)``, with ``theta_E``, ``log_ratio = log(D_dt / D_d)`` and ``ratio_D_dt_D_d = D_dt / D_d``
@@ -83,7 +83,7 @@ scale is ``200 km/s sqrt(theta_E)``, so ``v_rms² ∝ ratio x theta_E``. ``log_r
 combination (twice the log of the v_rms normalisation, up to a constant): sampled as ``(theta_E,
 log_ratio)`` the posterior was a curved ridge (mock system 0, Laplace correlation -0.98 at the MAP;
 warm-up unfinished after 13 min), sampled as ``(log D_dt, log D_d)`` a ridge along the whole
-distance box (system 9, version 3: 645 s of warm-up, 79k evaluations, 15 divergences). The prior is
+distance box (system 9: 645 s of warm-up, 79k evaluations, 15 divergences). The prior is
 the same as in the other modes: uniform in ``(theta_E, q_mass, phi)`` and uniform
 ``(D_dt, D_d)`` in their boxes, whose marginal for ``log_ratio`` is :func:`log_ratio_prior`;
 :func:`log_kinematic_scale_prior` is the density of ``(log_theta_E, log_ratio_theta_E)`` they
@@ -111,8 +111,9 @@ that needs the v_rms field outside the emulator's 5.5″ field for some centre i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -155,12 +156,8 @@ N_IMAGES = 4
 DEFAULT_IMAGING = ImagingSettings()
 
 MODEL_VERSION = 5
-"""Version of the model, part of every fit's fingerprint (2: log distances; 3: the model's own
-numerics, :data:`MODEL_QUAD_NODES` and :data:`MODEL_SUPERSAMPLING`, distance boxes fiducial x
-[0.3, 3]; 4: kinematics mode samples ``log_theta_E`` and ``log_ratio_theta_E = log(D_dt / D_d x
-theta_E)`` instead of ``theta_E`` and the two distances, with the same prior,
-:func:`log_kinematic_scale_prior`; 5: the prior is uniform in the emulator's ``(theta_E, q_mass,
-phi)`` in every mode, and the image-position Jacobian has the right sign)."""
+"""Version of the model, part of every fit's fingerprint (what changed in each version:
+CHANGELOG.md, "Model versions")."""
 
 MODEL_QUAD_NODES = 16
 """Gauss-Legendre nodes of the model's cored power law (the mocks use ``ImagingSettings``'s 24).
@@ -201,22 +198,6 @@ alone measures (``v_rms² ∝ (D_dt / D_d) theta_E``); ``log_ratio`` is this min
 
 RATIO = "ratio_D_dt_D_d"
 """Deterministic site of kinematics mode: ``D_dt / D_d`` (dimensionless)."""
-
-
-def site_names(mode: Mode) -> tuple[str, ...]:
-    """The sampled sites of a mode, in the model's order."""
-    light = ("q_light", "r_sersic_ratio", "n_sersic")
-    kinematic = ("beta_z", "inclination_deg")
-    if mode == "kinematics":
-        mass = (LOG_THETA_E_SITE, "gamma", "q_mass", "phi", "center_x", "center_y")
-        return mass + light + kinematic + (RATIO_THETA_E_SITE,)
-    lensing = ("gamma", "center_x", "center_y", "ps_x", "ps_y_abc") + light
-    lensing += ("lens_mag", "src_r", "src_n", "src_mag", "ps_mag")
-    if mode == "joint":
-        return lensing + kinematic + DISTANCE_SITES
-    if mode == "lensing":
-        return lensing + ("D_dt",)
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
 PAPER_PARAMETERS: tuple[str, ...] = PARAM_NAMES + ("phi", "center_x", "center_y", "D_dt", "D_d")
@@ -302,9 +283,9 @@ def build_setup(
     check_inputs(data, priors, imaging_settings)
     if quad_nodes is not None:
         imaging_settings = replace(imaging_settings, quad_nodes=int(quad_nodes))
-    imaging = ImagingModel(imaging_settings) if mode in ("joint", "lensing") else None
+    imaging = ImagingModel(imaging_settings) if uses_imaging(mode) else None
     kinematics = None
-    if mode in ("joint", "kinematics"):
+    if uses_kinematics(mode):
         if field is None:
             emu = emulator if emulator is not None else load_emulator(checkpoint)
             field = emulator_field(emu)
@@ -391,8 +372,227 @@ def _uniform(name: str, box: tuple[float, float], shape: tuple[int, ...] = ()):
     return numpyro.sample(name, d)
 
 
+# ----------------------------------------------------------------------------------------------
+# Blocks: each samples a few sites (or adds likelihood terms) and fills the values dict ``v``
+
+
+class Block(NamedTuple):
+    """One block of :func:`model`: ``fn(v, data, setup, predictions)`` adds its sites to the
+    trace and its values to ``v``; ``sites`` are the sites it samples (in order)."""
+
+    sites: tuple[str, ...]
+    fn: Callable[[dict, SystemData, ModelSetup, bool], None]
+
+
+def _sample_boxes(v: dict, setup: ModelSetup, names: tuple[str, ...]) -> None:
+    for name in names:
+        v[name] = _uniform(name, getattr(setup.priors, name))
+
+
+def _block(*sites: str):
+    """Decorator: a :class:`Block` sampling ``sites`` with the function's body."""
+
+    def wrap(fn) -> Block:
+        return Block(tuple(sites), fn)
+
+    return wrap
+
+
+def _boxes_block(*sites: str) -> Block:
+    """A block of independent uniform priors in the boxes of :class:`Priors`."""
+    return Block(tuple(sites), lambda v, data, setup, predictions: _sample_boxes(v, setup, sites))
+
+
+@_block(LOG_THETA_E_SITE)
+def log_einstein_radius_block(v, data, setup, predictions) -> None:
+    """Kinematics mode: ``log_theta_E`` (its prior factor is added by :data:`kinematic_scale`)."""
+    log_theta_E = _uniform(LOG_THETA_E_SITE, log_theta_E_box(setup.priors.theta_E))
+    v[LOG_THETA_E_SITE] = log_theta_E
+    v["theta_E"] = numpyro.deterministic("theta_E", jnp.exp(log_theta_E))
+
+
+mass_block = _boxes_block("gamma", "q_mass", "phi", "center_x", "center_y")
+"""Kinematics mode: the mass and centre, uniform in their boxes."""
+
+light_block = _boxes_block("q_light", "r_sersic_ratio", "n_sersic")
+"""Every mode: the lens light's shape."""
+
+
+@_block("lens_mag", "src_r", "src_n", "src_mag", "ps_mag")
+def flux_block(v, data, setup, predictions) -> None:
+    """Lensing and joint modes: lens-light and source magnitudes and sizes, quasar magnitudes."""
+    _sample_boxes(v, setup, ("lens_mag", "src_r", "src_n", "src_mag"))
+    v["ps_mag"] = _uniform("ps_mag", setup.priors.ps_mag, (N_IMAGES,))
+
+
+anisotropy_block = _boxes_block("beta_z", "inclination_deg")
+"""Kinematics and joint modes: the anisotropy and inclination."""
+
+time_delay_distance_block = _boxes_block("D_dt")
+"""Lensing mode: the time-delay distance, uniform (Mpc)."""
+
+
+@_block("gamma", "center_x", "center_y", "ps_x", "ps_y_abc")
+def image_position_block(v, data, setup, predictions) -> None:
+    """Lensing and joint modes: slope, centre and the image positions around the measured ones."""
+    _sample_boxes(v, setup, ("gamma", "center_x", "center_y"))
+    measured = np.asarray(data.image_positions, float)
+    lo, hi = setup.priors.ps_offset
+    v["ps_x"] = numpyro.sample(
+        "ps_x", dist.Uniform(measured[:, 0] + lo, measured[:, 0] + hi).to_event(1)
+    )
+    v["ps_y_abc"] = numpyro.sample(
+        "ps_y_abc", dist.Uniform(measured[:3, 1] + lo, measured[:3, 1] + hi).to_event(1)
+    )
+
+
+@_block(RATIO_THETA_E_SITE)
+def kinematic_scale_block(v, data, setup, predictions) -> None:
+    """Kinematics mode: ``log_ratio_theta_E = log(D_dt / D_d x theta_E)``, the combination the IFU
+    measures, so the ridge of the ``(theta_E, ratio)`` degeneracy is close to a coordinate axis.
+
+    The prior of ``(log_theta_E, log_ratio_theta_E)`` is the other modes' (uniform ``theta_E``
+    and ``(D_dt, D_d)``), Jacobian included (:func:`log_kinematic_scale_prior`); the two uniform
+    draws' constants ``-log(width)`` are replaced by it, and it is ``-inf`` where the ratio is
+    outside its range (the box of ``log_ratio_theta_E`` is wider than the support).
+    """
+    pr = setup.priors
+    log_theta_E = v[LOG_THETA_E_SITE]
+    box_u, box_w = log_theta_E_box(pr.theta_E), ratio_theta_E_box(pr.theta_E, pr.D_dt, pr.D_d)
+    log_ratio_theta_E = _uniform(RATIO_THETA_E_SITE, box_w)
+    numpyro.factor(
+        "scale_prior",
+        log_kinematic_scale_prior(log_theta_E, log_ratio_theta_E, pr.theta_E, pr.D_dt, pr.D_d)
+        + math.log(box_u[1] - box_u[0])
+        + math.log(box_w[1] - box_w[0]),
+    )
+    _, log_ratio = from_kinematic_scale_coordinates(log_theta_E, log_ratio_theta_E)
+    log_ratio = numpyro.deterministic(RATIO_SITE, log_ratio)
+    ratio = numpyro.deterministic(RATIO, jnp.exp(log_ratio))
+    v["D_dt"], v["D_d"] = kinematic_distances(ratio)
+
+
+@_block(*DISTANCE_SITES)
+def log_distance_block(v, data, setup, predictions) -> None:
+    """Joint mode: ``log D_dt``, ``log D_d`` (Mpc) with the Jacobian that keeps ``(D_dt, D_d)``
+    uniform."""
+    pr = setup.priors
+    log_dt = _uniform("log_D_dt", (math.log(pr.D_dt[0]), math.log(pr.D_dt[1])))
+    log_dd = _uniform("log_D_d", (math.log(pr.D_d[0]), math.log(pr.D_d[1])))
+    v["D_dt"] = numpyro.deterministic("D_dt", jnp.exp(log_dt))
+    v["D_d"] = numpyro.deterministic("D_d", jnp.exp(log_dd))
+    numpyro.factor("distance_prior", distance_log_jacobian(log_dt, log_dd))
+
+
+@_block()
+def lens_block(v, data, setup, predictions) -> None:
+    """Lensing and joint modes: solve the lens for the image positions; χ²_img and χ²_TD.
+
+    The prior is uniform in ``(theta_E, q_mass, phi, gamma1, gamma2, src_x, src_y)`` inside their
+    boxes (zero outside): the sampled image positions carry the density
+    ``|∂(lens)/∂(images)| = |∂(lens)/∂(EPL)| |∂(EPL)/∂(images)|`` at fixed ``gamma`` and centre.
+    """
+    pr = setup.priors
+    imaging = setup.imaging
+    lens, derived, residual, log_jac = solved_lens_params(setup, v)
+    v.update(derived)
+    for name in SOLVED + ("theta_E", "q_mass", "phi", "ps_y"):
+        numpyro.deterministic(name, derived[name])
+    numpyro.deterministic("lens_eq_residual", residual)
+    inside = _inside(v["theta_E"], pr.theta_E) & _inside(v["q_mass"], pr.q_mass)
+    for name in ("gamma1", "gamma2", "src_x", "src_y"):
+        inside = inside & _inside(v[name], getattr(pr, name))
+    log_prior = log_jac - log_epl_jacobian(v["theta_E"], v["gamma"], v["q_mass"], v["phi"])
+    numpyro.factor("lens_prior", jnp.where(inside, log_prior, -jnp.inf))
+    image_model = imaging.model_image(lens)
+    img = data.imaging
+    chi2_img = jnp.sum(((jnp.asarray(img.image) - image_model) / jnp.asarray(img.noise_map)) ** 2)
+    numpyro.factor("imaging", -0.5 * chi2_img)
+    delays = imaging.time_delays(lens, v["D_dt"])
+    td = data.time_delays
+    chi2_td = jnp.sum(((delays - jnp.asarray(td.delays)) / jnp.asarray(td.sigma)) ** 2)
+    numpyro.factor("time_delays", -0.5 * chi2_td)
+    numpyro.deterministic("chi2_imaging", chi2_img)
+    numpyro.deterministic("chi2_time_delays", chi2_td)
+    if predictions:
+        numpyro.deterministic("image_pred", image_model)
+        numpyro.deterministic("time_delays_pred", delays)
+
+
+@_block()
+def light_size_block(v, data, setup, predictions) -> None:
+    """Every mode, after ``theta_E`` is known (sampled or solved): ``r_sersic``, arcsec."""
+    numpyro.deterministic("r_sersic", v["r_sersic_ratio"] * v["theta_E"])
+
+
+@_block()
+def kinematics_block(v, data, setup, predictions) -> None:
+    """Kinematics and joint modes: log L of the binned v_rms (``setup.kinematics``)."""
+    params, sky = emulator_params(v), sky_params(v)
+    log_l_kin = setup.kinematics(params, sky)
+    numpyro.factor("kinematics", log_l_kin)
+    numpyro.deterministic("chi2_kinematics", -2.0 * log_l_kin)
+    if predictions:
+        numpyro.deterministic("vrms_pred", setup.kinematics.predict(params, sky))
+
+
+MODE_BLOCKS: dict[str, tuple[Block, ...]] = {
+    "joint": (
+        image_position_block,
+        light_block,
+        flux_block,
+        anisotropy_block,
+        log_distance_block,
+        lens_block,
+        light_size_block,
+        kinematics_block,
+    ),
+    "lensing": (
+        image_position_block,
+        light_block,
+        flux_block,
+        time_delay_distance_block,
+        lens_block,
+        light_size_block,
+    ),
+    "kinematics": (
+        log_einstein_radius_block,
+        mass_block,
+        light_block,
+        anisotropy_block,
+        kinematic_scale_block,
+        light_size_block,
+        kinematics_block,
+    ),
+}
+"""The one per-mode table: the blocks of each mode, in order (the sampled sites, the set-up it
+needs and the likelihood terms all follow from it)."""
+
+
+def mode_blocks(mode: Mode) -> tuple[Block, ...]:
+    """The blocks of ``mode`` (:data:`MODE_BLOCKS`)."""
+    if mode not in MODE_BLOCKS:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return MODE_BLOCKS[mode]
+
+
+def site_names(mode: Mode) -> tuple[str, ...]:
+    """The sampled sites of a mode, in the model's order."""
+    return tuple(name for block in mode_blocks(mode) for name in block.sites)
+
+
+def uses_imaging(mode: Mode) -> bool:
+    """Whether ``mode`` has the imaging and time delays (the lens block)."""
+    return lens_block in mode_blocks(mode)
+
+
+def uses_kinematics(mode: Mode) -> bool:
+    """Whether ``mode`` has the kinematic likelihood."""
+    return kinematics_block in mode_blocks(mode)
+
+
 def model(data: SystemData, setup: ModelSetup, predictions: bool = False) -> None:
-    """NumPyro model of one lens system (see the module docstring).
+    """NumPyro model of one lens system: the blocks of ``setup.mode`` (:data:`MODE_BLOCKS`).
 
     Args:
         data: the observations (imaging, time delays, kinematics, measured image positions).
@@ -402,105 +602,9 @@ def model(data: SystemData, setup: ModelSetup, predictions: bool = False) -> Non
             for :func:`skinn_jax.inference.predict.predict` (off when sampling: draws would store
             whole images).
     """
-    pr = setup.priors
-    mode = setup.mode
-    v = {}
-    if mode == "kinematics":
-        # theta_E through its log (see log_ratio_theta_E below); the prior factor is added there
-        log_theta_E = _uniform(LOG_THETA_E_SITE, log_theta_E_box(pr.theta_E))
-        v["theta_E"] = numpyro.deterministic("theta_E", jnp.exp(log_theta_E))
-        for name in ("gamma", "q_mass", "phi", "center_x", "center_y"):
-            v[name] = _uniform(name, getattr(pr, name))
-    else:
-        for name in ("gamma", "center_x", "center_y"):
-            v[name] = _uniform(name, getattr(pr, name))
-        measured = np.asarray(data.image_positions, float)
-        lo, hi = pr.ps_offset
-        v["ps_x"] = numpyro.sample(
-            "ps_x", dist.Uniform(measured[:, 0] + lo, measured[:, 0] + hi).to_event(1)
-        )
-        v["ps_y_abc"] = numpyro.sample(
-            "ps_y_abc", dist.Uniform(measured[:3, 1] + lo, measured[:3, 1] + hi).to_event(1)
-        )
-    for name in ("q_light", "r_sersic_ratio", "n_sersic"):
-        v[name] = _uniform(name, getattr(pr, name))
-    if mode != "kinematics":
-        for name in ("lens_mag", "src_r", "src_n", "src_mag"):
-            v[name] = _uniform(name, getattr(pr, name))
-        v["ps_mag"] = _uniform("ps_mag", pr.ps_mag, (N_IMAGES,))
-    if mode != "lensing":
-        v["beta_z"] = _uniform("beta_z", pr.beta_z)
-        v["inclination_deg"] = _uniform("inclination_deg", pr.inclination_deg)
-    if mode == "lensing":
-        v["D_dt"] = _uniform("D_dt", pr.D_dt)
-    elif mode == "kinematics":
-        # the combination the IFU measures, log(D_dt / D_d x theta_E): the ridge of the
-        # (theta_E, ratio) degeneracy is then close to a coordinate axis. Its prior and that of
-        # log_theta_E are the other modes' (uniform theta_E, (D_dt, D_d)), Jacobian included; the
-        # two uniform draws' constants -log(width) are replaced by it, and it is -inf where the
-        # ratio is outside its range (the box of log_ratio_theta_E is wider than the support)
-        box_u, box_w = log_theta_E_box(pr.theta_E), ratio_theta_E_box(pr.theta_E, pr.D_dt, pr.D_d)
-        log_ratio_theta_E = _uniform(RATIO_THETA_E_SITE, box_w)
-        numpyro.factor(
-            "scale_prior",
-            log_kinematic_scale_prior(log_theta_E, log_ratio_theta_E, pr.theta_E, pr.D_dt, pr.D_d)
-            + math.log(box_u[1] - box_u[0])
-            + math.log(box_w[1] - box_w[0]),
-        )
-        _, log_ratio = from_kinematic_scale_coordinates(log_theta_E, log_ratio_theta_E)
-        log_ratio = numpyro.deterministic(RATIO_SITE, log_ratio)
-        ratio = numpyro.deterministic(RATIO, jnp.exp(log_ratio))
-        v["D_dt"], v["D_d"] = kinematic_distances(ratio)
-    else:
-        log_dt = _uniform("log_D_dt", (math.log(pr.D_dt[0]), math.log(pr.D_dt[1])))
-        log_dd = _uniform("log_D_d", (math.log(pr.D_d[0]), math.log(pr.D_d[1])))
-        v["D_dt"] = numpyro.deterministic("D_dt", jnp.exp(log_dt))
-        v["D_d"] = numpyro.deterministic("D_d", jnp.exp(log_dd))
-        # uniform prior in (D_dt, D_d): the Jacobian of (log D_dt, log D_d) -> (D_dt, D_d)
-        numpyro.factor("distance_prior", distance_log_jacobian(log_dt, log_dd))
-
-    if mode != "kinematics":
-        imaging = setup.imaging
-        lens, derived, residual, log_jac = solved_lens_params(setup, v)
-        v.update(derived)
-        for name in SOLVED + ("theta_E", "q_mass", "phi", "ps_y"):
-            numpyro.deterministic(name, derived[name])
-        numpyro.deterministic("lens_eq_residual", residual)
-        # prior: uniform in (theta_E, q_mass, phi, gamma1, gamma2, src_x, src_y) inside their
-        # boxes (zero outside). The sampled image positions carry the density
-        # |∂(lens)/∂(images)| = |∂(lens)/∂(EPL)| |∂(EPL)/∂(images)|, at fixed gamma and centre
-        inside = _inside(v["theta_E"], pr.theta_E) & _inside(v["q_mass"], pr.q_mass)
-        for name in ("gamma1", "gamma2", "src_x", "src_y"):
-            inside = inside & _inside(v[name], getattr(pr, name))
-        log_prior = log_jac - log_epl_jacobian(v["theta_E"], v["gamma"], v["q_mass"], v["phi"])
-        numpyro.factor("lens_prior", jnp.where(inside, log_prior, -jnp.inf))
-        # χ²_img
-        image_model = imaging.model_image(lens)
-        img = data.imaging
-        chi2_img = jnp.sum(
-            ((jnp.asarray(img.image) - image_model) / jnp.asarray(img.noise_map)) ** 2
-        )
-        numpyro.factor("imaging", -0.5 * chi2_img)
-        # χ²_TD
-        delays = imaging.time_delays(lens, v["D_dt"])
-        td = data.time_delays
-        chi2_td = jnp.sum(((delays - jnp.asarray(td.delays)) / jnp.asarray(td.sigma)) ** 2)
-        numpyro.factor("time_delays", -0.5 * chi2_td)
-        numpyro.deterministic("chi2_imaging", chi2_img)
-        numpyro.deterministic("chi2_time_delays", chi2_td)
-        if predictions:
-            numpyro.deterministic("image_pred", image_model)
-            numpyro.deterministic("time_delays_pred", delays)
-    numpyro.deterministic("r_sersic", v["r_sersic_ratio"] * v["theta_E"])
-
-    if mode != "lensing":
-        log_l_kin = setup.kinematics(emulator_params(v), sky_params(v))
-        numpyro.factor("kinematics", log_l_kin)
-        numpyro.deterministic("chi2_kinematics", -2.0 * log_l_kin)
-        if predictions:
-            numpyro.deterministic(
-                "vrms_pred", setup.kinematics.predict(emulator_params(v), sky_params(v))
-            )
+    v: dict = {}
+    for block in mode_blocks(setup.mode):
+        block.fn(v, data, setup, predictions)
 
 
 def log_density(data: SystemData, setup: ModelSetup, values: dict) -> Array:

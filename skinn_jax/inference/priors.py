@@ -61,7 +61,7 @@ class Priors:
     beta_z: tuple[float, float] = PARAM_BOX["beta_z"]
     inclination_deg: tuple[float, float] = PARAM_BOX["inclination_deg"]
     # broad distance boxes (the mocks draw fiducial x [0.8, 1.2]): a joint posterior that reaches
-    # a box edge mixes poorly (model-v2 study, system 1, box [0.5, 1.5]: D_d ESS 24 of 600)
+    # a box edge mixes poorly (box [0.5, 1.5], mock system 1: D_d ESS 24 of 600)
     D_dt: tuple[float, float] = (0.3 * FIDUCIAL.D_dt, 3.0 * FIDUCIAL.D_dt)
     D_d: tuple[float, float] = (0.3 * FIDUCIAL.D_d, 3.0 * FIDUCIAL.D_d)
 

@@ -44,12 +44,12 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from .model import PAPER_PARAMETERS, RATIO
+from .model import PAPER_PARAMETERS, RATIO, uses_kinematics
 
 MODES = ("joint", "lensing", "kinematics")
 
@@ -128,20 +128,6 @@ def summary_row(per_mode: dict, name: str) -> dict | None:
     return {k: (bool(row[k]) if k.startswith("in") else float(row[k])) for k in keys}
 
 
-def study_setup(system, data, mode: str, emulator):
-    """The model set-up of one study fit: ``system``'s data in ``mode``, the lens solver started
-    from the mock's truth, the emulator everywhere but in lensing mode."""
-    from .mocks.truth import solver_start_from_truth
-    from .model import build_setup
-
-    return build_setup(
-        data,
-        mode,
-        emulator=emulator if mode != "lensing" else None,
-        solver_start=solver_start_from_truth(system),
-    )
-
-
 @dataclass(frozen=True)
 class StudyOptions:
     """What every fit of a study shares (picklable: sent to dask workers with each task).
@@ -212,45 +198,31 @@ def _mock_system(k: int, options: StudyOptions):
 
 
 def fit_one(task: FitTask, system=None) -> dict:
-    """Make (or load, or resume) one study fit; returns ``{result, setup, data, truths}``.
+    """Make (or load, or resume) one study fit (:func:`~skinn_jax.inference.mocks.fit.fit_mock`);
+    returns ``{result, setup, data, truths}``.
 
     Args:
         task: the system, mode and shared options.
         system: the mock system if already built (else built from ``task``).
     """
-    from .data import SystemData
-    from .fit import OutputExistsError, fit
-    from .mocks.truth import truth_values
+    from .mocks.fit import fit_mock
 
     system = system if system is not None else _mock_system(task.system, task.options)
-    data = SystemData.from_mock(system)
-    emulator = _emulator(task.options.checkpoint) if task.mode != "lensing" else None
-    setup = study_setup(system, data, task.mode, emulator)
-    truths = truth_values(system, task.mode)
-    fit_k = partial(
-        fit,
-        data,
-        setup,
+    emulator = _emulator(task.options.checkpoint) if uses_kinematics(task.mode) else None
+    return fit_mock(
+        system,
+        task.mode,
         task.out_dir,
-        init_values=truths,
-        truths=truths,
+        emulator=emulator,
         settings=fit_settings(task.mode, task.options),
         meta={
             "label": f"mock system {task.system}",
             "system": task.system,
             "checkpoint": str(task.options.checkpoint or "default"),
-            # the weights' hash, so that a retrained emulator never reuses an old fit
-            "weights_sha256": emulator.metadata.get("weights_sha256") if emulator else None,
         },
+        replace_changed=task.options.replace_changed,
         quiet=task.options.quiet,
     )
-    try:
-        result = fit_k()
-    except OutputExistsError:
-        if not task.options.replace_changed:
-            raise
-        result = fit_k(force=True)  # only fits whose inputs changed get here
-    return {"result": result, "setup": setup, "data": data, "truths": truths}
 
 
 def fit_task(task: FitTask) -> dict:
@@ -299,6 +271,7 @@ def run_fits(args) -> dict:
 
     from .data import SystemData
     from .fit import load_result
+    from .mocks.fit import mock_setup
     from .mocks.system import plot_mock_system
     from .mocks.truth import truth_values
 
@@ -325,10 +298,10 @@ def run_fits(args) -> dict:
             if args.report_only:
                 # report on the fit as it was made (its own model version and settings)
                 data = SystemData.from_mock(system)
-                emulator = _emulator(options.checkpoint) if mode != "lensing" else None
+                emulator = _emulator(options.checkpoint) if uses_kinematics(mode) else None
                 per = {
                     "result": load_result(task.out_dir),
-                    "setup": study_setup(system, data, mode, emulator),
+                    "setup": mock_setup(system, data, mode, emulator),
                     "data": data,
                     "truths": truth_values(system, mode),
                 }

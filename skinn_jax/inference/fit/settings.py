@@ -122,8 +122,7 @@ def default_settings(mode: str = "joint") -> FitSettings:
 
     With the convergence policy (:class:`FitSettings`, on by default: 4 chains, R-hat <= 1.01,
     bulk and tail ESS >= 400) the run extends itself from these first draws in chunks of the same
-    size; before the policy (2 chains, no extension) ``skinn-jax fit-mock`` took ~10 minutes on 2
-    CPU cores.
+    size.
 
     Lensing and joint fits (near-Gaussian posteriors after the lens-solver reparametrisation)
     keep the Laplace metric (a windowed dense adaptation over 250 warm-up iterations was slower:

@@ -59,8 +59,7 @@ from skinn_jax.forward import (
 )
 from skinn_jax.ifu import PSF, KinematicData, SpaxelGrid
 from skinn_jax.params import sample_params, validate_params
-from skinn_jax.profiles import SersicLight
-from skinn_jax.profiles import sersic_total_flux as _jax_sersic_total_flux
+from skinn_jax.profiles import SersicLight, sersic_total_flux
 from skinn_jax.training.jam import DEFAULT_SETTINGS, JamSettings, jam_vrms
 
 
@@ -164,13 +163,6 @@ def noise_fraction(sn: np.ndarray, settings: MockSettings = MockSettings()) -> n
     return np.interp(sn, settings.noise_sn, settings.noise_frac)
 
 
-def sersic_total_flux(r_sersic: float, n_sersic: float, q_light: float) -> float:
-    """Total flux of the major-axis Sérsic of unit amplitude at ``r_sersic`` (arcsec²), a float
-    (:func:`skinn_jax.profiles.sersic_total_flux`)."""
-    with jax.enable_x64(True):
-        return float(_jax_sersic_total_flux(float(r_sersic), float(n_sersic), float(q_light)))
-
-
 def light_image(
     model: ForwardModel, params: np.ndarray, sky: SkyParams, settings: MockSettings
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -179,11 +171,12 @@ def light_image(
     Returns:
         ``(signal, noise)`` in electrons, each of shape ``grid.shape``.
     """
+    q_light, r_sersic, n_sersic = (float(params[i]) for i in (3, 4, 5))
     with jax.enable_x64(True):
         mean_sb = np.asarray(convolved_light_image(model, jnp.asarray(params), sky))
-    q_light, r_sersic, n_sersic = params[3], params[4], params[5]
+        flux = float(sersic_total_flux(r_sersic, n_sersic, q_light))  # arcsec²
     total_cps = 10.0 ** (-0.4 * (settings.magnitude - settings.zero_point))
-    amplitude = total_cps / sersic_total_flux(r_sersic, n_sersic, q_light)  # cps / arcsec²
+    amplitude = total_cps / flux  # cps / arcsec²
     area = model.grid.pixel_area
     t = settings.exposure_s
     signal = mean_sb * amplitude * area * t

@@ -434,7 +434,9 @@ def test_fingerprint_depends_on_the_sampled_coordinates(system, data, monkeypatc
     settings = fit_mod.FitSettings()
     before = fit_mod.fingerprint(data, setup, settings, {})
     assert fit_mod.fingerprint(data, setup, settings, {}) == before
-    monkeypatch.setattr(fit_mod, "site_names", lambda mode: ("other",) + site_names(mode)[1:])
+    from skinn_jax.inference.fit import driver
+
+    monkeypatch.setattr(driver, "site_names", lambda mode: ("other",) + site_names(mode)[1:])
     assert fit_mod.fingerprint(data, setup, settings, {}) != before
 
 

@@ -13,16 +13,14 @@ Imports: ``skinn_jax`` core (``forward``, ``grid``, ``params``, the emulator at 
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
 from skinn_jax.cosmology import FIDUCIAL
-from skinn_jax.forward import ForwardModel, SkyParams, cubic_interpolate
-from skinn_jax.grid import PIXEL_ARCSEC, QUADRANT_SIZE, quadrant_coordinates
+from skinn_jax.forward import MapField, SkyParams
+from skinn_jax.grid import QUADRANT_SIZE, quadrant_coordinates
 
 KINEMATICS_REFERENCE_D_D = FIDUCIAL.D_d
 """``D_d`` (Mpc) at which kinematics mode evaluates the likelihood, with ``D_dt = ratio x D_d``.
@@ -31,19 +29,14 @@ Any value gives the same v_rms (it depends on the distances only through ``D_dt 
 fiducial one keeps :func:`skinn_jax.forward.check_sky_params`'s positivity check meaningful."""
 
 
-class EmulatorField:
-    """The emulator's galaxy-frame v_rms field by the fast map route (a ``VrmsField``).
-
-    As :func:`skinn_jax.forward.field_from_quadrant` of ``emu.vrms_quadrant`` with its central
-    refinement (the 551 x 551 map, cubic-convolution interpolated, and within
-    ``|x|, |y| <= inner_half_width`` a fine ``inner_step`` table of ``vrms_at``), with two savings:
+class EmulatorField(MapField):
+    """The emulator's :class:`~skinn_jax.forward.MapField` (``emu.vrms_quadrant`` refined by
+    ``emu.vrms_at`` near the centre), with two savings:
 
     - the fine table's network features depend only on its fixed coordinates and are computed
       once, so each evaluation costs two small matrix-vector products (map and table);
-    - :meth:`for_forward_model` gives a field for one kinematic forward model that interpolates the
-      fine table only at the sub-pixels that can fall inside the refined square for some centre in
-      the forward model's ``center_box`` (~8 % of them for 55 x 55 spaxels and a ±0.3″ box),
-      instead of at every sub-pixel: the same values, ~2x faster log L + gradient.
+    - a cropped map (:meth:`~skinn_jax.forward.MapField.for_forward_model`) computes only the
+      quadrant's central corner (``(n / 276)²`` of the network's map).
 
     Network evaluations run in float32 (the network's precision), the interpolation in
     ``interp_dtype`` (float32 by default: log L agrees with float64 to ~1e-6); results are returned
@@ -56,15 +49,15 @@ class EmulatorField:
     """
 
     def __init__(self, emu, interp_dtype=jnp.float32, inner_half_width=0.1, inner_step=0.0025):
+        super().__init__(
+            lambda p: emu.vrms_quadrant(jnp.asarray(p).astype(jnp.float32)),
+            emu.vrms_at,
+            inner_half_width=inner_half_width,
+            inner_step=inner_step,
+            interp_dtype=interp_dtype,
+        )
         self.emu = emu
-        self.interp_dtype = interp_dtype
-        self.inner_half_width = float(inner_half_width)
-        self.inner_step = float(inner_step)
-        self._n_inner = int(np.ceil(inner_half_width / inner_step)) + 2
-        coords = np.arange(-self._n_inner, self._n_inner + 1) * inner_step
-        self._inner_shape = (coords.size, coords.size)
-        inner_x, inner_y = np.meshgrid(coords, coords)
-        self._inner_xy = (inner_x, inner_y)
+        inner_x, inner_y = self._inner_xy
         with jax.ensure_compile_time_eval():
             emu.grid_features()  # cache eagerly (a first call inside a trace would cache a tracer)
             self._inner_features = np.asarray(
@@ -73,30 +66,14 @@ class EmulatorField:
                 )
             )
 
-    def map_table(self, params, half_width: float | None = None):
-        """The map padded by two edge pixels (interpolation dtype), and its origin.
+    def quadrant_size(self, params) -> int:
+        return QUADRANT_SIZE
 
-        With ``half_width`` (arcsec), only the central ``n x n`` pixels of the quadrant that cover
-        ``|x|, |y| <= half_width`` (and the interpolation's reach) are computed: the network's map
-        costs ``(n / 276)²`` of the full one.
-        """
-        p = jnp.asarray(params).astype(jnp.float32)
-        n = QUADRANT_SIZE
-        if half_width is not None:
-            n = min(QUADRANT_SIZE, int(math.ceil(half_width / PIXEL_ARCSEC)) + 3)
-        if n == QUADRANT_SIZE:
-            quadrant = self.emu.vrms_quadrant(p)
-        else:
-            quadrant = self._quadrant_corner(p, n)
-        quadrant = quadrant.astype(self.interp_dtype)
-        top = jnp.concatenate([quadrant, quadrant[:, -2::-1]], axis=1)
-        full = jnp.concatenate([top, top[-2::-1, :]], axis=0)
-        return jnp.pad(full, 2, mode="edge"), -(n - 1) * PIXEL_ARCSEC - 2 * PIXEL_ARCSEC
-
-    def _quadrant_corner(self, p, n: int):
+    def quadrant_corner(self, params, n: int):
         """v_rms on the quadrant's central corner ``[-n:, -n:]`` (the ``n x n`` pixels nearest
         the centre), as ``emu.vrms_quadrant`` computes the whole quadrant."""
         emu = self.emu
+        p = jnp.asarray(params).astype(jnp.float32)
         style = emu.style(p)
         if emu.config.kind == "pca" and emu.config.basis_rank > 0:  # factorised basis
             c = emu.variables["constants"]
@@ -109,70 +86,13 @@ class EmulatorField:
         radius = np.hypot(*quadrant_coordinates())[-n:, -n:]
         return emu.velocity_from_output(p, u, radius)
 
-    def inner_table(self, params):
-        """The fine central table of ``vrms_at`` (interpolation dtype), and its origin."""
+    def inner_table(self, params, dtype=None):
+        """The fine central table of ``vrms_at`` from the cached features, and its origin."""
         p = jnp.asarray(params).astype(jnp.float32)
         u = jnp.asarray(self._inner_features) @ self.emu.style(p)
         radius = np.hypot(*self._inner_xy)
-        table = self.emu.velocity_from_output(p, u, radius).astype(self.interp_dtype)
+        table = self.emu.velocity_from_output(p, u, radius).astype(dtype or self.interp_dtype)
         return table, -self._n_inner * self.inner_step
-
-    def _combine(self, params, x, y):
-        """Coarse and fine interpolation at flat points ``x, y`` (interpolation dtype)."""
-        padded, origin = self.map_table(params)
-        coarse = cubic_interpolate(padded, origin, PIXEL_ARCSEC, x, y)
-        table, inner_origin = self.inner_table(params)
-        fine = cubic_interpolate(table, inner_origin, self.inner_step, x, y)
-        inside = (jnp.abs(x) <= self.inner_half_width) & (jnp.abs(y) <= self.inner_half_width)
-        return jnp.where(inside, fine, coarse)
-
-    def __call__(self, params, x, y):
-        """v_rms (km/s, fiducial distances) at galaxy-frame points ``x, y`` (arcsec), any shape."""
-        x, y = jnp.asarray(x), jnp.asarray(y)
-        out_dtype = jnp.result_type(x, float)
-        xi, yi = x.astype(self.interp_dtype), y.astype(self.interp_dtype)
-        return self._combine(params, xi, yi).astype(out_dtype)
-
-    def for_forward_model(self, forward: ForwardModel) -> _ForwardModelField:
-        """A field specialised to the points of ``forward`` (see class docstring)."""
-        return _ForwardModelField(self, forward)
-
-
-class _ForwardModelField:
-    """:class:`EmulatorField` restricted to one forward model's points.
-
-    Called with galaxy-frame arrays of the forward model's point shape (as
-    ``skinn_jax.forward.predict_binned_vrms`` does), the fine table is interpolated only at the
-    candidate points that can lie within ``inner_half_width sqrt(2)`` of the centre
-    (``ForwardModel.points_near_centre``). Any other shape falls back to the generic
-    :class:`EmulatorField`.
-    """
-
-    def __init__(self, field: EmulatorField, forward: ForwardModel):
-        self.field = field
-        self.shape = forward.point_shape
-        reach = field.inner_half_width * math.sqrt(2.0) + 1e-9
-        self.candidates = forward.points_near_centre(reach)
-        self.half_width = forward.max_radius  # no point lies farther from the centre
-
-    def __call__(self, params, x, y):
-        x, y = jnp.asarray(x), jnp.asarray(y)
-        if x.shape != self.shape or y.shape != self.shape:
-            return self.field(params, x, y)
-        f = self.field
-        out_dtype = jnp.result_type(x, float)
-        xi, yi = x.astype(f.interp_dtype), y.astype(f.interp_dtype)
-        padded, origin = f.map_table(params, self.half_width)
-        # (interpolating the 2-D arrays, then flattening, is ~2x faster in reverse mode on CPU
-        # than interpolating flattened arrays)
-        coarse = cubic_interpolate(padded, origin, PIXEL_ARCSEC, xi, yi).ravel()
-        cand = self.candidates  # NumPy indices: compile-time constants
-        xc, yc = xi.ravel()[cand], yi.ravel()[cand]
-        table, inner_origin = f.inner_table(params)
-        fine = cubic_interpolate(table, inner_origin, f.inner_step, xc, yc)
-        inside = (jnp.abs(xc) <= f.inner_half_width) & (jnp.abs(yc) <= f.inner_half_width)
-        out = coarse.at[cand].set(jnp.where(inside, fine, coarse[cand]))
-        return out.reshape(self.shape).astype(out_dtype)
 
 
 def emulator_field(emu, interp_dtype=jnp.float32) -> EmulatorField:

@@ -121,13 +121,13 @@ import numpyro
 import numpyro.distributions as dist
 from jax import Array
 
+from skinn_jax.forward import MapField
 from skinn_jax.ifu import KinematicData
 from skinn_jax.likelihood import KinematicLikelihood
 from skinn_jax.params import PARAM_NAMES
 
 from .data import SystemData
 from .kinematics import (
-    EmulatorField,
     emulator_field,
     emulator_params,
     kinematic_distances,
@@ -299,7 +299,7 @@ def build_setup(
             physical_distances=False,
             sampling=sampling,
         )
-        if isinstance(field, EmulatorField):
+        if isinstance(field, MapField):
             # the same field, restricted to this forward model's sub-pixels (faster gradient)
             kinematics.vrms_at = field.for_forward_model(kinematics.forward)
     return ModelSetup(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from functools import lru_cache, partial
 from typing import NamedTuple
 
 import jax
@@ -39,6 +40,8 @@ class Potential(NamedTuple):
         names: sampled site names (sorted, the flattening order).
         boxes: ``{site: (low, high)}`` of the sampled sites with a bounded support (constrained
             units; arrays for vector sites).
+        potential: ``z_flat -> potential`` (a JAX function: for optax's line search and the
+            exact Hessian).
     """
 
     value_and_grad: object
@@ -47,6 +50,7 @@ class Potential(NamedTuple):
     z0: np.ndarray
     names: tuple[str, ...]
     boxes: dict = {}
+    potential: object = None
 
 
 def make_potential(data: SystemData, setup: ModelSetup, init_values: dict) -> Potential:
@@ -66,8 +70,13 @@ def make_potential(data: SystemData, setup: ModelSetup, init_values: dict) -> Po
     )
     z0, unravel = ravel_pytree(info.param_info.z)
     potential_fn = info.potential_fn
-    value_and_grad = jax.jit(jax.value_and_grad(lambda z: potential_fn(unravel(z))))
+
+    def potential(z):
+        return potential_fn(unravel(z))
+
+    value_and_grad = jax.jit(jax.value_and_grad(potential))
     return Potential(
+        potential=potential,
         value_and_grad=value_and_grad,
         unravel=unravel,
         constrain=info.postprocess_fn,
@@ -95,17 +104,27 @@ def parameter_boxes(setup: ModelSetup, sampled: dict | None = None) -> dict:
     return boxes
 
 
-def fd_hessian(value_and_grad, z: np.ndarray, step: float) -> np.ndarray:
-    """Symmetrised central finite-difference Hessian from a gradient function (2 d calls)."""
-    d = z.size
-    hess = np.empty((d, d))
-    for j in range(d):
-        dz = np.zeros(d)
-        dz[j] = step
-        g_plus = np.asarray(value_and_grad(jnp.asarray(z + dz))[1])
-        g_minus = np.asarray(value_and_grad(jnp.asarray(z - dz))[1])
-        hess[:, j] = (g_plus - g_minus) / (2.0 * step)
-    return 0.5 * (hess + hess.T)
+def hessian_columns(potential, z: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """``H @ directions`` of the exact Hessian ``H`` of ``potential`` at ``z`` (d, k).
+
+    Forward-over-reverse Hessian-vector products (the columns of ``jax.hessian``), one compiled
+    product per column, so memory stays that of one gradient.
+    """
+    hvp = _hvp(potential)
+    zj = jnp.asarray(z)
+    return np.stack([np.asarray(hvp(zj, jnp.asarray(v))) for v in directions.T], axis=1)
+
+
+@lru_cache(maxsize=4)
+def _hvp(potential):
+    """The compiled Hessian-vector product ``(z, v) -> H(z) v`` of ``potential``."""
+    grad = jax.grad(potential)
+    return jax.jit(lambda z, v: jax.jvp(grad, (z,), (v,))[1])
+
+
+EXACT_HESSIAN_MAX_STEP = 0.01
+"""Whitened Hessian steps (in σ) up to this are exact Hessians (:func:`hessian_columns`); larger
+ones are finite differences on purpose, averaging the curvature over kinks of the prior."""
 
 
 PRIOR_VARIANCE = math.pi**2 / 3.0
@@ -126,6 +145,7 @@ def whitened_covariance(
     chol: np.ndarray,
     step: float = 1e-3,
     max_variance: float = PRIOR_VARIANCE,
+    potential=None,
 ) -> tuple[np.ndarray, int]:
     """Inverse Hessian at ``z`` by finite differences in whitened coordinates ``z + chol w``.
 
@@ -134,18 +154,23 @@ def whitened_covariance(
     plain finite differences in ``z`` are not: the posterior's curvatures span ~8 decades in the
     unconstrained coordinates (the quasar images pin the lens centre to ~0.02 mas while D_d is
     known to ~20 %), and their round-off swamps the weak directions (measured: indefinite
-    Hessians at the MAP). Returns ``(chol W⁻¹ chol^T, n_fixed)``: directions where ``W`` is not
+    Hessians at the MAP). With ``potential`` and a ``step`` of at most
+    :data:`EXACT_HESSIAN_MAX_STEP`, ``W = cholᵀ H chol`` is exact (:func:`hessian_columns`).
+    Returns ``(chol W⁻¹ chol^T, n_fixed)``: directions where ``W`` is not
     positive keep the variance of ``chol`` (so repeated refinements cannot inflate them
     geometrically), and no direction is broader than ``max_variance`` (unconstrained units,
     :func:`cap_variance`). ``step`` of ~0.5 σ averages the curvature over kinks of the prior.
     """
     d = z.size
-    w_hess = np.empty((d, d))
-    for j in range(d):
-        dz = chol[:, j] * step
-        g_plus = np.asarray(value_and_grad(jnp.asarray(z + dz))[1])
-        g_minus = np.asarray(value_and_grad(jnp.asarray(z - dz))[1])
-        w_hess[:, j] = chol.T @ (g_plus - g_minus) / (2.0 * step)
+    if potential is not None and step <= EXACT_HESSIAN_MAX_STEP:
+        w_hess = chol.T @ hessian_columns(potential, z, chol)
+    else:
+        w_hess = np.empty((d, d))
+        for j in range(d):
+            dz = chol[:, j] * step
+            g_plus = np.asarray(value_and_grad(jnp.asarray(z + dz))[1])
+            g_minus = np.asarray(value_and_grad(jnp.asarray(z - dz))[1])
+            w_hess[:, j] = chol.T @ (g_plus - g_minus) / (2.0 * step)
     w_hess = 0.5 * (w_hess + w_hess.T)
     w_inv, n_fixed = regularised_inverse(w_hess, non_positive_variance=1.0)
     return cap_variance(chol @ w_inv @ chol.T, max_variance), n_fixed
@@ -197,103 +222,137 @@ class MapResult(NamedTuple):
     seconds: float
 
 
-def find_map(pot: Potential, settings: FitSettings, quiet: bool = False) -> MapResult:
-    """L-BFGS (optax) from ``pot.z0``, preconditioned by the start Hessian; then the Laplace metric.
+class LbfgsResult(NamedTuple):
+    """Result of :func:`lbfgs`: the point, its value and the value at the start, iterations,
+    function + gradient evaluations (line search included) and whether ``tol`` was met."""
 
-    Hessians: a plain finite-difference one at the start, refined once in its own whitened
-    coordinates (:func:`whitened_covariance`); at the MAP, twice in whitened coordinates.
+    x: np.ndarray
+    value: float
+    value_start: float
+    n_steps: int
+    n_evals: int
+    converged: bool
+
+
+@lru_cache(maxsize=4)
+def _lbfgs_step(fun, memory_size: int):
+    """The compiled L-BFGS iteration (optax's L-BFGS and zoom line search) of ``fun``, cached so
+    that repeated runs on one function (MAP, then Newton refinements) compile it once."""
+    import optax
+
+    opt = optax.lbfgs(memory_size=memory_size)
+    value_and_grad = optax.value_and_grad_from_state(fun)
+
+    @jax.jit
+    def step(x, state, fn_kwargs):
+        value, grad = value_and_grad(x, state=state, **fn_kwargs)
+        updates, state = opt.update(
+            grad, state, x, value=value, grad=grad, value_fn=fun, **fn_kwargs
+        )
+        return optax.apply_updates(x, updates), state
+
+    return opt, step
+
+
+def lbfgs(
+    fun,
+    x0: np.ndarray,
+    *,
+    fn_kwargs: dict | None = None,
+    max_steps: int = 100,
+    tol: float = 1e-4,
+    memory_size: int = 10,
+    progress: bool = False,
+    desc: str = "MAP (L-BFGS)",
+) -> LbfgsResult:
+    """Minimise ``fun(x, **fn_kwargs)`` (a JAX scalar function of a flat vector) with optax's
+    L-BFGS and its zoom line search (``optax.lbfgs``): the one optimiser of the inference.
+
+    Stops when the value decreases by less than ``tol`` over an iteration, when an iteration does
+    not decrease it (the line search found no acceptable step), or after ``max_steps``
+    iterations; a non-finite trial value is rejected by the line search.
     """
     import optax
     from tqdm import tqdm
 
+    fn_kwargs = {k: jnp.asarray(v) for k, v in (fn_kwargs or {}).items()}
+    opt, step = _lbfgs_step(fun, memory_size)
+    x = jnp.asarray(x0)
+    state = opt.init(x)
+    value = value_start = float(fun(x, **fn_kwargs))
+    n_evals, n_steps, converged = 1, 0, False
+    bar = tqdm(total=max_steps, desc=desc, disable=not progress)
+    for _ in range(max_steps):
+        x_new, state = step(x, state, fn_kwargs)
+        n_steps += 1
+        n_evals += 1 + int(optax.tree.get(state, "num_linesearch_steps"))
+        new_value = float(optax.tree.get(state, "value"))
+        if not (np.isfinite(new_value) and new_value < value):
+            break
+        x, decrease, value = x_new, value - new_value, new_value
+        bar.update(1)
+        bar.set_postfix(value=f"{value:.3f}")
+        if decrease < tol:
+            converged = True
+            break
+    bar.close()
+    return LbfgsResult(np.asarray(x), value, value_start, n_steps, n_evals, converged)
+
+
+def find_map(pot: Potential, settings: FitSettings, quiet: bool = False) -> MapResult:
+    """L-BFGS (:func:`lbfgs`) from ``pot.z0`` in coordinates whitened by the Laplace covariance at
+    the start; Newton refinement (one L-BFGS iteration, i.e. a Newton step with the zoom line
+    search, in coordinates whitened by the current Laplace covariance); then the Laplace metric
+    at the MAP.
+
+    Hessians (:func:`whitened_covariance`): at the start the exact one, refined once in its own
+    whitened coordinates; at the MAP, in whitened coordinates (exact for small
+    ``settings.laplace_step``, smoothed finite differences for large ones).
+    """
     t0 = time.perf_counter()
     vg = pot.value_and_grad
     z0 = pot.z0.copy()
     d = z0.size
-    n_evals = 0
-    hess0 = fd_hessian(vg, z0, settings.fd_step)
-    cov0, _ = regularised_inverse(hess0)
-    cov0, _ = whitened_covariance(vg, z0, np.linalg.cholesky(cov0), settings.laplace_step)
-    n_evals += 4 * d
-    chol = np.linalg.cholesky(cov0)  # z = z0 + chol w
-
-    def vg_w(w):
-        value, grad = vg(jnp.asarray(z0 + chol @ w))
-        return float(value), chol.T @ np.asarray(grad)
-
-    tx = optax.scale_by_lbfgs(memory_size=10)
-    w = np.zeros(d)
-    value, grad = vg_w(w)
-    n_evals += 1
-    start_value = value
-    state = tx.init(jnp.asarray(w))
-    converged = False
-    steps = 0
-    bar = tqdm(
-        total=settings.map_max_steps,
-        desc="MAP (L-BFGS)",
-        disable=quiet or not settings.progress_bar,
+    laplace = partial(whitened_covariance, vg, potential=pot.potential)
+    whitened = _whitened(pot.potential)
+    hess0 = hessian_columns(pot.potential, z0, np.eye(d))
+    cov, _ = regularised_inverse(0.5 * (hess0 + hess0.T))
+    cov, _ = laplace(z0, np.linalg.cholesky(cov), settings.laplace_step)
+    n_evals = 3 * d
+    chol = np.linalg.cholesky(cov)  # z = z0 + chol w
+    run = lbfgs(
+        whitened,
+        np.zeros(d),
+        fn_kwargs={"ref": z0, "chol": chol},
+        max_steps=settings.map_max_steps,
+        tol=settings.map_tol,
+        progress=settings.progress_bar and not quiet,
     )
-    for _ in range(settings.map_max_steps):
-        steps += 1
-        direction, state = tx.update(jnp.asarray(grad), state, jnp.asarray(w))
-        direction = -np.asarray(direction)
-        slope = float(grad @ direction)
-        if slope >= 0:  # not a descent direction: fall back to steepest descent
-            direction, slope = -grad, -float(grad @ grad)
-        eta, accepted = 1.0, False
-        for _ in range(30):
-            trial = w + eta * direction
-            t_value, t_grad = vg_w(trial)
-            n_evals += 1
-            if np.isfinite(t_value) and t_value <= value + 1e-4 * eta * slope:
-                accepted = True
-                break
-            eta *= 0.5
-        if not accepted:
-            break
-        decrease = value - t_value
-        w, value, grad = trial, t_value, t_grad
-        bar.update(1)
-        bar.set_postfix(potential=f"{value:.3f}")
-        if decrease < settings.map_tol:
-            converged = True
-            break
-    bar.close()
-    # Newton refinement with whitened finite-difference Hessians (L-BFGS stalls in the
-    # weakly constrained, curved directions)
-    z_map = z0 + chol @ w
-    cov = cov0
-    n_negative = 0
+    n_evals += run.n_evals
+    steps, converged, value = run.n_steps, run.converged, run.value
+    z_map = z0 + chol @ run.x
+    # Newton refinement (L-BFGS stalls in the weakly constrained, curved directions)
     for _ in range(settings.map_newton_steps):
-        cov, n_negative = whitened_covariance(
-            vg, z_map, np.linalg.cholesky(cov), settings.laplace_step
-        )
+        cov, _ = laplace(z_map, np.linalg.cholesky(cov), settings.laplace_step)
         n_evals += 2 * d
-        value, grad = (float(a) if np.ndim(a) == 0 else np.asarray(a) for a in vg(z_map))
-        step = -cov @ grad
-        decrement = float(-grad @ step)
-        if decrement < 2 * settings.map_tol:
+        grad = np.asarray(vg(jnp.asarray(z_map))[1])
+        if float(grad @ cov @ grad) < 2 * settings.map_tol:  # the Newton decrement
             converged = True
             break
-        eta = 1.0
-        while eta > 1e-3:
-            t_value = float(vg(jnp.asarray(z_map + eta * step))[0])
-            n_evals += 1
-            if np.isfinite(t_value) and t_value <= value - 1e-4 * eta * decrement:
-                break
-            eta *= 0.5
-        else:
+        chol = np.linalg.cholesky(cov)
+        newton = lbfgs(whitened, np.zeros(d), fn_kwargs={"ref": z_map, "chol": chol},
+                       max_steps=1, tol=0.0)  # fmt: skip
+        n_evals += newton.n_evals
+        if newton.value >= newton.value_start:
             break
-        z_map = z_map + eta * step
-        value = t_value
+        z_map, value = z_map + chol @ newton.x, newton.value
         steps += 1
-    cov, n_negative = whitened_covariance(vg, z_map, np.linalg.cholesky(cov), settings.laplace_step)
+    cov, n_negative = laplace(z_map, np.linalg.cholesky(cov), settings.laplace_step)
     n_evals += 2 * d
     return MapResult(
         z=z_map,
         potential=float(value),
-        potential_start=float(start_value),
+        potential_start=float(run.value_start),
         covariance=cov,
         n_evals=n_evals,
         n_steps=steps,
@@ -301,6 +360,16 @@ def find_map(pot: Potential, settings: FitSettings, quiet: bool = False) -> MapR
         n_negative=n_negative,
         seconds=time.perf_counter() - t0,
     )
+
+
+@lru_cache(maxsize=4)
+def _whitened(potential):
+    """``w -> potential(ref + chol w)`` (one function per potential: compiled once)."""
+
+    def fun(w, *, ref, chol):
+        return potential(ref + chol @ w)
+
+    return fun
 
 
 def time_evaluation(value_and_grad, z: np.ndarray, repeats: int = 10) -> float:

@@ -292,6 +292,20 @@ def _quantize_png(path: Path, colors: int = 64) -> None:
     small.save(path, format="PNG", optimize=True)
 
 
+def _panels(fig, ax, ext, data_img, model_img, residual, limit, stretch, titles):
+    """Data, model (same ``stretch``) and normalised residual (±``limit``) panels; returns the
+    model panel's image."""
+    ax[0].imshow(data_img, origin="lower", extent=ext, **stretch)
+    im = ax[1].imshow(model_img, origin="lower", extent=ext, **stretch)
+    res = ax[2].imshow(residual, origin="lower", extent=ext, vmin=-limit, vmax=limit,
+                       cmap="RdBu_r")  # fmt: skip
+    ax[0].set_title(titles[0])
+    ax[1].set_title(f"model ({titles[1]})")
+    ax[2].set_title("(data - model) / σ")
+    fig.colorbar(res, ax=ax[2], fraction=0.046)
+    return im
+
+
 def plot_fit(data: SystemData, setup: ModelSetup, values: dict, path: Path, title: str = ""):
     """Data, model and normalised residuals (imaging and kinematics) at ``values``."""
     import matplotlib
@@ -310,27 +324,12 @@ def plot_fit(data: SystemData, setup: ModelSetup, values: dict, path: Path, titl
         ax = axes[r]
         if kind == "imaging":
             img, noise = data.imaging.image, data.imaging.noise_map
-            ext = setup.imaging.extent
             scale = 3 * np.median(noise)
-            vmax = np.arcsinh(img.max() / scale)
-            ax[0].imshow(
-                np.arcsinh(img / scale), origin="lower", extent=ext, vmax=vmax, cmap="magma"
-            )
-            ax[1].imshow(
-                np.arcsinh(pred.image / scale), origin="lower", extent=ext, vmax=vmax, cmap="magma"
-            )
-            res = ax[2].imshow(
-                (img - pred.image) / noise,
-                origin="lower",
-                extent=ext,
-                vmin=-4,
-                vmax=4,
-                cmap="RdBu_r",
-            )
-            ax[0].set_title("imaging data (asinh)")
-            ax[1].set_title(f"model (χ² = {pred.chi2['imaging']:.0f} / {img.size} pixels)")
-            ax[2].set_title("(data - model) / σ")
-            fig.colorbar(res, ax=ax[2], fraction=0.046)
+            stretch = dict(vmax=np.arcsinh(img.max() / scale), cmap="magma")
+            chi2 = f"χ² = {pred.chi2['imaging']:.0f} / {img.size} pixels"
+            _panels(fig, ax, setup.imaging.extent, np.arcsinh(img / scale),
+                    np.arcsinh(pred.image / scale), (img - pred.image) / noise, 4, stretch,
+                    ("imaging data (asinh)", chi2))  # fmt: skip
             td = ", ".join(
                 f"{m:.1f} ({o:.1f}±{s:.1f})"
                 for m, o, s in zip(
@@ -347,24 +346,12 @@ def plot_fit(data: SystemData, setup: ModelSetup, values: dict, path: Path, titl
             )
             ext = [float(x0[0]), float(x1[0]), float(y0[0]), float(y1[0])]
             sigma = np.sqrt(np.diag(kin.covariance))
-            lo, hi = np.nanmin(kin.vrms), np.nanmax(kin.vrms)
-            ax[0].imshow(kin.bins_to_image(kin.vrms), origin="lower", extent=ext, vmin=lo, vmax=hi)
-            im = ax[1].imshow(
-                kin.bins_to_image(pred.vrms), origin="lower", extent=ext, vmin=lo, vmax=hi
-            )
-            res = ax[2].imshow(
-                kin.bins_to_image((kin.vrms - pred.vrms) / sigma),
-                origin="lower",
-                extent=ext,
-                vmin=-3,
-                vmax=3,
-                cmap="RdBu_r",
-            )
-            ax[0].set_title("binned v_rms data [km/s]")
-            ax[1].set_title(f"model (χ² = {pred.chi2['kinematics']:.1f} / {kin.n_bins} bins)")
-            ax[2].set_title("(data - model) / σ")
+            stretch = dict(vmin=np.nanmin(kin.vrms), vmax=np.nanmax(kin.vrms))
+            chi2 = f"χ² = {pred.chi2['kinematics']:.1f} / {kin.n_bins} bins"
+            im = _panels(fig, ax, ext, kin.bins_to_image(kin.vrms), kin.bins_to_image(pred.vrms),
+                         kin.bins_to_image((kin.vrms - pred.vrms) / sigma), 3, stretch,
+                         ("binned v_rms data [km/s]", chi2))  # fmt: skip
             fig.colorbar(im, ax=ax[1], fraction=0.046)
-            fig.colorbar(res, ax=ax[2], fraction=0.046)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

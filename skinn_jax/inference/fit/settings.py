@@ -36,11 +36,12 @@ class FitSettings:
             its sampler again for every chunk: ~10-40 s each on 2 CPU cores).
         map_max_steps: L-BFGS iterations at most.
         map_tol: stop when the potential decreases by less than this over an iteration.
-        map_newton_steps: Newton steps (whitened finite-difference Hessian) after L-BFGS.
-        fd_step: finite-difference step of the first, unwhitened Hessian (unconstrained units).
-        laplace_step: step of the whitened finite-difference Hessians, in units of the current
-            σ (~0.5 averages the curvature across kinks of the prior, e.g. the tent-shaped
-            prior of the kinematics mode's distance ratio).
+        map_newton_steps: Newton steps (whitened Laplace Hessian, zoom line search) after
+            L-BFGS.
+        laplace_step: step of the whitened Hessians, in units of the current σ: up to
+            ``EXACT_HESSIAN_MAX_STEP`` (0.01) the exact Hessian (autodiff); larger steps are
+            finite differences (~0.5 averages the curvature across kinks of the prior, e.g. the
+            tent-shaped prior of the kinematics mode's distance ratio).
         adapt_mass_matrix: also adapt the (dense) mass matrix during warm-up.
         init_jitter: chains start at MAP + init_jitter x (draw from the Laplace Gaussian).
         target_accept_prob: NUTS target acceptance probability.
@@ -66,7 +67,6 @@ class FitSettings:
     map_max_steps: int = 100
     map_tol: float = 1e-4
     map_newton_steps: int = 6
-    fd_step: float = 1e-5
     laplace_step: float = 1e-3
     adapt_mass_matrix: bool = False
     init_jitter: float = 0.3

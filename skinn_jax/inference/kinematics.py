@@ -1,11 +1,11 @@
 """The emulator's v_rms field for the model's kinematics, and the emulator's inputs.
 
-:class:`EmulatorField` is the one galaxy-frame v_rms field of the inference (km/s at fiducial
-distances, at galaxy-frame points in arcsec): the emulator's 551 x 551 map, cubic-convolution
-interpolated, refined within the central 0.1″ by a fine table of ``vrms_at``. The same class
-serves any quadrant function (``EmulatorField.from_quadrant``: e.g. a JAM-truth quadrant) and a
-fixed table (:class:`TabulatedField`, e.g. JAM truth at fixed parameters, built by
-:mod:`skinn_jax.inference.mocks.kinematics`). :func:`emulator_params` and :func:`sky_params` turn
+:class:`EmulatorField` is the emulator's instance of the library's one galaxy-frame v_rms field,
+:class:`skinn_jax.forward.MapField` (km/s at fiducial distances, at galaxy-frame points in arcsec):
+the emulator's 551 x 551 map, cubic-convolution interpolated, refined within the central 0.1″ by
+a fine table of ``vrms_at``, with the network features of that table cached. (The JAM truth at
+fixed parameters is a ``MapField`` of a fixed table, built by
+:mod:`skinn_jax.inference.mocks.kinematics`.) :func:`emulator_params` and :func:`sky_params` turn
 the model's values into the emulator's eight inputs and the five sky parameters.
 
 Imports: ``skinn_jax`` core (``forward``, ``grid``, ``params``, the emulator at load).

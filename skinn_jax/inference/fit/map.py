@@ -26,6 +26,7 @@ import numpy as np
 from ..convergence import boxes_from_trace
 from ..data import SystemData
 from ..model import RATIO, ModelSetup, model, site_names
+from ..priors import log_ratio_box
 from .settings import FitSettings
 
 
@@ -94,7 +95,6 @@ def parameter_boxes(setup: ModelSetup, sampled: dict | None = None) -> dict:
     ``gamma2``, ``src_x``, ``src_y``), kinematics mode's :data:`RATIO` range, and ``sampled``
     (e.g. :attr:`Potential.boxes`, the supports of the sampled sites, which win).
     """
-    from .priors import log_ratio_box
 
     pr = setup.priors
     boxes = {f.name: getattr(pr, f.name) for f in dataclasses.fields(pr) if f.name != "ps_offset"}

@@ -535,16 +535,8 @@ def plot_fig9(results: dict, modes, path: Path) -> None:
     fig, axes = plt.subplots(3, 5, figsize=(17, 9.5))
     for ax, name in zip(np.ravel(axes), STUDY_PARAMETERS, strict=False):
         for mode in modes:
-            deltas = []
-            for per in results.values():
-                if mode not in per:
-                    continue
-                x = _flat_draws(per[mode]["result"].idata, name)
-                truth = stored_truth(per[mode], name)
-                if x is None or truth is None:
-                    continue
-                d = x - truth
-                deltas.append(np.degrees(d) if name == "phi" else d)
+            deltas = [x - truth for x, truth in _draws_and_truths(results, mode, name)]
+            deltas = [np.degrees(d) if name == "phi" else d for d in deltas]
             if deltas:
                 ax.hist(
                     np.concatenate(deltas), bins=40, histtype="step", density=True,
@@ -563,20 +555,28 @@ def plot_fig9(results: dict, modes, path: Path) -> None:
     plt.close(fig)
 
 
+def _draws_and_truths(results: dict, mode: str, name: str):
+    """``(flat posterior draws, stored truth)`` of ``name`` in every fit of ``mode`` that has
+    both."""
+    for per in results.values():
+        if mode not in per:
+            continue
+        x = _flat_draws(per[mode]["result"].idata, name)
+        truth = stored_truth(per[mode], name)
+        if x is not None and truth is not None:
+            yield x, truth
+
+
 def truth_quantiles(results: dict, mode: str) -> dict[str, np.ndarray]:
     """Per parameter of :data:`STUDY_PARAMETERS`, the posterior quantile of the truth in each fit
     of ``mode`` (fraction of draws below it), over the systems: uniform on [0, 1] if calibrated."""
     out = {}
     for name in STUDY_PARAMETERS:
-        u = []
-        for per in results.values():
-            if mode not in per:
-                continue
-            x = _flat_draws(per[mode]["result"].idata, name)
-            truth = stored_truth(per[mode], name)
-            if x is None or truth is None or not np.isfinite(truth):
-                continue
-            u.append(float(np.mean(x < truth)))
+        u = [
+            float(np.mean(x < truth))
+            for x, truth in _draws_and_truths(results, mode, name)
+            if np.isfinite(truth)
+        ]
         if u:
             out[name] = np.asarray(u)
     return out

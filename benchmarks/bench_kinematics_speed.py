@@ -33,15 +33,12 @@ import numpy as np  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 from profile_model_eval import median_time_ms  # noqa: E402  (benchmarks/ is on the path)
-from skinn_jax.inference.mock_system import make_mock_system  # noqa: E402
-from skinn_jax.inference.model import (  # noqa: E402
-    SystemData,
-    emulator_field,
-    load_emulator,
-)
 
 from skinn_jax.forward import CenterBox, SkyParams  # noqa: E402
 from skinn_jax.ifu import PSF, KinematicData, SpaxelGrid  # noqa: E402
+from skinn_jax.inference.data import SystemData  # noqa: E402
+from skinn_jax.inference.kinematics import emulator_field, load_emulator  # noqa: E402
+from skinn_jax.inference.mocks.system import make_mock_system  # noqa: E402
 from skinn_jax.likelihood import KinematicLikelihood  # noqa: E402
 
 PARAMS = np.array([1.2, 2.1, 0.8, 0.75, 0.9, 3.5, 0.15, 70.0])

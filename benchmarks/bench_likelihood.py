@@ -40,10 +40,6 @@ for _k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from skinn_jax.inference.mock_kinematics import (  # noqa: E402
-    field_for_forward_model,
-    make_mock_kinematics,
-)
 from skinn_jax.training.jam import jam_vrms  # noqa: E402
 
 from skinn_jax.cosmology import FIDUCIAL, vrms_distance_factor  # noqa: E402
@@ -53,6 +49,10 @@ from skinn_jax.forward import (  # noqa: E402
     field_from_quadrant,
     galaxy_frame_points,
     lens_light,
+)
+from skinn_jax.inference.mocks.kinematics import (  # noqa: E402
+    field_for_forward_model,
+    make_mock_kinematics,
 )
 from skinn_jax.likelihood import KinematicLikelihood, gaussian_log_likelihood  # noqa: E402
 

@@ -26,15 +26,14 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 
 import arviz as az  # noqa: E402
-from skinn_jax.inference.mock_kinematics import jam_distances, jam_truth_bins  # noqa: E402
-from skinn_jax.inference.mock_system import make_mock_system  # noqa: E402
-from skinn_jax.inference.model import (  # noqa: E402
-    PARAM_NAMES,
-    SystemData,
-    build_setup,
-    load_emulator,
-    log_epl_jacobian,
-)
+
+from skinn_jax.inference.data import SystemData  # noqa: E402
+from skinn_jax.inference.kinematics import load_emulator  # noqa: E402
+from skinn_jax.inference.lensing.lens import log_epl_jacobian  # noqa: E402
+from skinn_jax.inference.mocks.kinematics import jam_distances, jam_truth_bins  # noqa: E402
+from skinn_jax.inference.mocks.system import make_mock_system  # noqa: E402
+from skinn_jax.inference.model import build_setup  # noqa: E402
+from skinn_jax.params import PARAM_NAMES  # noqa: E402
 
 PULL_SITES = ("theta_E", "gamma", "q_mass", "q_light", "n_sersic", "beta_z", "inclination_deg")
 SKY_SITES = ("phi", "center_x", "center_y")

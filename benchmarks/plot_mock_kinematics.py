@@ -22,12 +22,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from skinn_jax.inference.mock_kinematics import (  # noqa: E402
+
+from skinn_jax.forward import SkyParams  # noqa: E402
+from skinn_jax.inference.mocks.kinematics import (  # noqa: E402
     field_for_forward_model,
     make_mock_kinematics,
 )
-
-from skinn_jax.forward import SkyParams  # noqa: E402
 from skinn_jax.likelihood import KinematicLikelihood  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

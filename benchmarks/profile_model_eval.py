@@ -1,6 +1,6 @@
 """Cost of one potential-and-gradient evaluation of the inference model, and of its parts.
 
-For mock system ``k`` (``skinn_jax.inference.mock_system``; box parameters if there is no test
+For mock system ``k`` (``skinn_jax.inference.mocks.system``; box parameters if there is no test
 set) and each mode, the median time of ``value_and_grad`` of NumPyro's potential (what one NUTS
 leapfrog step costs), float64 as in the fits, after compilation; then, in joint mode, the value
 and gradient of each part alone with respect to the same inputs:
@@ -30,20 +30,14 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
+from skinn_jax.inference.data import SystemData  # noqa: E402
 from skinn_jax.inference.fit import make_potential  # noqa: E402
-from skinn_jax.inference.mock_system import make_mock_system  # noqa: E402
-from skinn_jax.inference.model import (  # noqa: E402
-    SystemData,
-    build_setup,
-    emulator_params,
-    load_emulator,
-    sky_params,
-    solve_lens,
-    solved_lens_params,
-    solver_start_from_truth,
-    truth_values,
-)
-from skinn_jax.inference.run_study import study_setup  # noqa: E402
+from skinn_jax.inference.kinematics import emulator_params, load_emulator, sky_params  # noqa: E402
+from skinn_jax.inference.lensing.lens import solve_lens, solved_lens_params  # noqa: E402
+from skinn_jax.inference.mocks.fit import mock_setup  # noqa: E402
+from skinn_jax.inference.mocks.system import make_mock_system  # noqa: E402
+from skinn_jax.inference.mocks.truth import solver_start_from_truth, truth_values  # noqa: E402
+from skinn_jax.inference.model import build_setup  # noqa: E402
 
 
 def median_time_ms(fn, args, repeats: int) -> float:
@@ -71,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     emulator = load_emulator(args.checkpoint)
     print(f"system {args.system} ({system.params_source}), {jax.devices()[0].platform}")
     for mode in args.modes:
-        setup = study_setup(system, data, mode, emulator)
+        setup = mock_setup(system, data, mode, emulator)
         truths = truth_values(system, mode)
         pot = make_potential(data, setup, truths)
         z = jnp.asarray(pot.z0)

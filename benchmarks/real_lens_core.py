@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from skinn_jax.inference.mock_kinematics import jam_truth_bins
 from skinn_jax.training.jam import jam_model, jampy_signed_v2
 
 from skinn_jax.cosmology import FIDUCIAL
 from skinn_jax.forward import SkyParams, build_forward_model
 from skinn_jax.ifu import PSF, SpaxelGrid
+from skinn_jax.inference.mocks.kinematics import jam_truth_bins
 
 GAMMAS = (1.6, 2.0, 2.5)
 R_CORES = (0.0, 1e-5, 1e-4, 1e-3, 0.003, 0.01, 0.03, 0.08, 0.1)

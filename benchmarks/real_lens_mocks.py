@@ -37,7 +37,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from skinn_jax.inference.mock_kinematics import jam_distances, jam_truth_bins, voronoi_bins
 
 from skinn_jax import Emulator, KinematicData
 from skinn_jax.cosmology import FIDUCIAL, lens_distances, vrms_distance_factor
@@ -51,6 +50,7 @@ from skinn_jax.forward import (
     predict_binned_vrms_components,
 )
 from skinn_jax.ifu import PSF, SpaxelGrid
+from skinn_jax.inference.mocks.kinematics import jam_distances, jam_truth_bins, voronoi_bins
 from skinn_jax.params import PAPER_SPACE, REAL_LENS_SPACE
 from skinn_jax.profiles import SersicLight
 

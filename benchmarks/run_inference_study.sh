@@ -10,7 +10,7 @@ OUT=${1:-docs/benchmarks/study}
 S="0 1 2 3 4 5 6 7 8 9"
 fit() {  # mode warmup samples systems...
   local mode=$1 warm=$2 samp=$3; shift 3
-  python -m skinn_jax.inference.run_study --systems "$@" --modes "$mode" --out "$OUT" \
+  python -m skinn_jax.inference.study --systems "$@" --modes "$mode" --out "$OUT" \
     --checkpoint pca64s --warmup "$warm" --samples "$samp" --reweight-systems \
     --figures docs/figures --no-progress || echo "mode $mode failed"
 }
@@ -18,5 +18,5 @@ fit joint 100 200 $S
 fit lensing 100 200 $S
 fit kinematics 300 300 9 0 1 2 3 4 5 6 7 8   # zero-pixel system first
 # the report over every complete fit (coverage, widths, Fig. 9, reweighting on systems 0 and 9)
-python -m skinn_jax.inference.run_study --systems $S --modes joint lensing kinematics --out "$OUT" \
+python -m skinn_jax.inference.study --systems $S --modes joint lensing kinematics --out "$OUT" \
   --checkpoint pca64s --report-only --reweight-systems 0 9 --figures docs/figures --no-progress

@@ -385,7 +385,7 @@ def _add_fit_mock(sub) -> None:
         type=arg_int(0),
         default=None,
         help="study mock system K (default: the built-in system, a typical lens independent of "
-        "any data set; see skinn_jax.inference.mock_system.BUILTIN_PARAMS)",
+        "any data set; see skinn_jax.inference.mocks.system.BUILTIN_PARAMS)",
     )
     p.add_argument("--mode", default="joint", choices=["joint", "lensing", "kinematics"])
     p.add_argument(
@@ -535,15 +535,10 @@ def _run_fit_mock(args) -> int:
 
     jax.config.update("jax_enable_x64", True)
 
-    from skinn_jax.inference.fit import fit
-    from skinn_jax.inference.mock_system import describe, make_mock_system, plot_mock_system
-    from skinn_jax.inference.model import (
-        SystemData,
-        build_setup,
-        load_emulator,
-        solver_start_from_truth,
-        truth_values,
-    )
+    from skinn_jax.inference.kinematics import load_emulator
+    from skinn_jax.inference.mocks.fit import fit_mock
+    from skinn_jax.inference.mocks.system import describe, make_mock_system, plot_mock_system
+    from skinn_jax.inference.model import uses_kinematics
 
     out.mkdir(parents=True, exist_ok=True)
     print(
@@ -557,35 +552,18 @@ def _run_fit_mock(args) -> int:
     system = make_mock_system(k, params_source=params_source, test_set=args.test_set)
     print(describe(system), flush=True)
     plot_mock_system(system, out / "mock.png")
-    data = SystemData.from_mock(system)
-    emulator = None
-    checkpoint_label = "none (lensing mode)"
-    if args.mode != "lensing":
-        emulator = load_emulator(args.checkpoint)
-        checkpoint_label = str(args.checkpoint or "default")
-    # the MAP starts at the truth (paper Sec. 5.3), and so does the lens solver's branch
-    setup = build_setup(
-        data, args.mode, emulator=emulator, solver_start=solver_start_from_truth(system)
-    )
-    truths = truth_values(system, args.mode)
+    kinematic = uses_kinematics(args.mode)
+    emulator = load_emulator(args.checkpoint) if kinematic else None
     meta = {
         "label": "built-in mock system" if builtin else f"mock system {k}",
         "system": label,
         "test_index": system.test_index,
         "params_source": system.params_source,
-        "checkpoint": checkpoint_label,
-        "weights_sha256": (emulator.metadata.get("weights_sha256") if emulator else None),
+        "checkpoint": str(args.checkpoint or "default") if kinematic else "none (lensing mode)",
     }
-    result = fit(
-        data,
-        setup,
-        out,
-        init_values=truths,
-        truths=truths,
-        settings=settings,
-        meta=meta,
-        force=args.force,
-    )
+    result = fit_mock(
+        system, args.mode, out, emulator=emulator, settings=settings, meta=meta, force=args.force
+    )["result"]
     print((out / "summary.md").read_text())
     diag = result.report["diagnostics"]
     wall = time.perf_counter() - t0

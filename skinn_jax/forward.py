@@ -68,7 +68,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from .cosmology import vrms_distance_factor
-from .grid import HALF_WIDTH_ARCSEC, PIXEL_ARCSEC, mirror_quadrant
+from .grid import HALF_WIDTH_ARCSEC, PIXEL_ARCSEC
 from .ifu import FWHM_PER_SIGMA, PSF, KinematicData, SpaxelGrid, psf_kernel
 from .profiles import SersicLight, e1e2_from_q_phi, sersic_light, to_galaxy_frame
 from .quadrature import Lattice, build_lattice, galaxy_offsets, is_square_pixel_matrix
@@ -751,56 +751,168 @@ def cubic_interpolate(table: Array, origin: float, step: float, x: Array, y: Arr
     return out
 
 
+class MapField:
+    """The galaxy-frame v_rms field from a symmetric map: the one field of the library.
+
+    ``quadrant(params)`` returns v_rms (km/s) on one quadrant of a regular map with spacing
+    ``step`` (arcsec), ``x, y <= 0``, the centre last (``quadrant[-1, -1]`` is ``(0, 0)``; the
+    emulator's 276 x 276 quadrant of CONVENTIONS §5, ``Emulator.vrms_quadrant``). The map is
+    mirrored (it is symmetric under x -> -x and y -> -y), padded by two pixels with its edge
+    values, and interpolated at the requested points with :func:`cubic_interpolate`: the paper's
+    "rotate and interpolate the map" approach, whose cost does not grow with the number of
+    sub-pixels.
+
+    Near the centre v_rms can vary on scales below the map's pixels (a cusp or dip within
+    ~0.05 arcsec), and interpolating the map then misses the central bins by up to ~1.5 km/s
+    (``docs/forward_model.md``). If ``inner`` (a point function ``vrms_at(params, x, y)``, e.g.
+    ``Emulator.vrms_at``) is given, it is evaluated on a fixed fine table (spacing
+    ``inner_step``) covering ``|x|, |y| <= inner_half_width`` and points in that square are
+    interpolated from it instead (85 x 85 extra evaluations by default; with JAM truth this brings
+    the binned error from ~1.5 km/s to < 0.01 km/s).
+
+    :meth:`for_forward_model` gives the same field for one kinematic forward model, with the map
+    cropped to the points' reach and the fine table interpolated only at the sub-pixels that can
+    fall inside the refined square: the same values, faster. Subclasses may compute the central
+    table or a cropped quadrant faster (:class:`skinn_jax.inference.kinematics.EmulatorField`).
+
+    Args:
+        quadrant: ``params -> (n, n)`` km/s, the quadrant ``x, y <= 0`` (centre last).
+        inner: optional point-wise field for the central refinement.
+        step: the map's spacing, arcsec (default: the emulator's 0.02).
+        inner_half_width, inner_step: the refined central square, arcsec.
+        interp_dtype: dtype of the interpolation (None: the query points' floating dtype).
+    """
+
+    def __init__(
+        self,
+        quadrant: Callable[[Array], Array],
+        inner: VrmsField | None = None,
+        *,
+        step: float = PIXEL_ARCSEC,
+        inner_half_width: float = 0.1,
+        inner_step: float = 0.0025,
+        interp_dtype=None,
+    ):
+        self.quadrant = quadrant
+        self.inner = inner
+        self.step = float(step)
+        self.interp_dtype = interp_dtype
+        self.inner_half_width = float(inner_half_width)
+        self.inner_step = float(inner_step)
+        self._n_inner = int(np.ceil(inner_half_width / inner_step)) + 2
+        coords = np.arange(-self._n_inner, self._n_inner + 1) * inner_step
+        self._inner_xy = np.meshgrid(coords, coords)
+
+    def _dtype(self, x: Array):
+        return self.interp_dtype or jnp.result_type(x, float)
+
+    def quadrant_corner(self, params, n: int) -> Array:
+        """The ``n x n`` quadrant pixels nearest the centre (``quadrant[-n:, -n:]``)."""
+        return self.quadrant(params)[-n:, -n:]
+
+    def map_table(self, params, half_width: float | None = None, dtype=None):
+        """The mirrored map padded by two edge pixels, and its origin (arcsec).
+
+        With ``half_width`` (arcsec), only the central pixels that cover ``|x|, |y| <=
+        half_width`` (and the interpolation's reach) are used (:meth:`quadrant_corner`).
+        """
+        dtype = dtype or self.interp_dtype or float
+        full_n = self.quadrant_size(params)
+        n = full_n
+        if half_width is not None:
+            n = min(full_n, int(math.ceil(half_width / self.step)) + 3)
+        quadrant = self.quadrant(params) if n == full_n else self.quadrant_corner(params, n)
+        quadrant = jnp.asarray(quadrant).astype(dtype)
+        top = jnp.concatenate([quadrant, quadrant[:, -2::-1]], axis=1)
+        full = jnp.concatenate([top, top[-2::-1, :]], axis=0)
+        return jnp.pad(full, 2, mode="edge"), -(n - 1) * self.step - 2 * self.step
+
+    def quadrant_size(self, params) -> int:
+        """Pixels per side of the quadrant."""
+        return int(jax.eval_shape(self.quadrant, params).shape[-1])
+
+    def inner_table(self, params, dtype=None):
+        """The fine central table of ``inner`` and its origin (arcsec)."""
+        dtype = dtype or self.interp_dtype or float
+        x, y = (jnp.asarray(a, dtype) for a in self._inner_xy)
+        return jnp.asarray(self.inner(params, x, y)).astype(dtype), -self._n_inner * self.inner_step
+
+    def _refine(self, params, coarse, x, y, dtype):
+        table, inner_origin = self.inner_table(params, dtype)
+        fine = cubic_interpolate(table, inner_origin, self.inner_step, x, y)
+        inside = (jnp.abs(x) <= self.inner_half_width) & (jnp.abs(y) <= self.inner_half_width)
+        return jnp.where(inside, fine, coarse)
+
+    def __call__(self, params, x, y):
+        """v_rms (km/s) at galaxy-frame points ``x, y`` (arcsec), any shape."""
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        out_dtype = jnp.result_type(x, float)
+        dtype = self._dtype(x)
+        xi, yi = x.astype(dtype), y.astype(dtype)
+        padded, origin = self.map_table(params, dtype=dtype)
+        out = cubic_interpolate(padded, origin, self.step, xi, yi)
+        if self.inner is not None:
+            out = self._refine(params, out, xi, yi, dtype)
+        return out.astype(out_dtype)
+
+    def for_forward_model(self, forward: ForwardModel) -> VrmsField:
+        """This field specialised to the points of ``forward`` (see the class docstring)."""
+        return _ForwardModelField(self, forward)
+
+
+class _ForwardModelField:
+    """A :class:`MapField` restricted to one forward model's points.
+
+    Called with galaxy-frame arrays of the forward model's point shape (as
+    :func:`predict_binned_vrms` does), the map is cropped to ``forward.max_radius`` and the fine
+    table is interpolated only at the candidate points that can lie within
+    ``inner_half_width sqrt(2)`` of the centre (:meth:`ForwardModel.points_near_centre`). Any
+    other shape falls back to the generic field.
+    """
+
+    def __init__(self, field: MapField, forward: ForwardModel):
+        self.field = field
+        self.shape = forward.point_shape
+        reach = field.inner_half_width * math.sqrt(2.0) + 1e-9
+        self.candidates = forward.points_near_centre(reach)
+        self.half_width = forward.max_radius  # no point lies farther from the centre
+
+    def __call__(self, params, x, y):
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        f = self.field
+        if x.shape != self.shape or y.shape != self.shape:
+            return f(params, x, y)
+        out_dtype = jnp.result_type(x, float)
+        dtype = f._dtype(x)
+        xi, yi = x.astype(dtype), y.astype(dtype)
+        padded, origin = f.map_table(params, self.half_width, dtype=dtype)
+        # (interpolating the 2-D arrays, then flattening, is ~2x faster in reverse mode on CPU
+        # than interpolating flattened arrays)
+        coarse = cubic_interpolate(padded, origin, f.step, xi, yi).ravel()
+        if f.inner is not None:
+            cand = self.candidates  # NumPy indices: compile-time constants
+            refined = f._refine(params, coarse[cand], xi.ravel()[cand], yi.ravel()[cand], dtype)
+            coarse = coarse.at[cand].set(refined)
+        return coarse.reshape(self.shape).astype(out_dtype)
+
+
 def field_from_quadrant(
     vrms_quadrant: Callable[[Array], Array],
     vrms_at: VrmsField | None = None,
     *,
     inner_half_width: float = 0.1,
     inner_step: float = 0.0025,
-) -> VrmsField:
-    """A galaxy-frame field from a function that returns the emulator's quadrant map.
-
-    ``vrms_quadrant(params)`` must return v_rms (km/s) on the 276 x 276 quadrant ``[:276, :276]``
-    of the 551 x 551 map of CONVENTIONS §5 (e.g. ``Emulator.vrms_quadrant``). The map is mirrored
-    to the full 551 x 551 map, padded by two pixels with its edge values, and interpolated at the
-    requested points with :func:`cubic_interpolate`. This is the paper's "rotate and interpolate
-    the map" approach: the emulator's cost no longer grows with the number of sub-pixels.
-
-    Near the centre v_rms can vary on scales below the map's 0.02 arcsec pixels (a cusp or dip
-    within ~0.05 arcsec), and interpolating the map then misses the central bins by up to ~1.5
-    km/s (``docs/forward_model.md``). If ``vrms_at`` is given (e.g. ``Emulator.vrms_at``), it is
-    evaluated on a fixed fine galaxy-frame table (spacing ``inner_step``) covering
-    ``|x|, |y| <= inner_half_width`` and points in that square are interpolated from it instead
-    (85 x 85 extra evaluations by default, independent of the data; with JAM truth this brings
-    the binned error from ~1.5 km/s to < 0.01 km/s).
-
-    Args:
-        vrms_quadrant: ``params (8,) -> (276, 276)`` km/s.
-        vrms_at: optional point-wise field for the central refinement.
-        inner_half_width: half-width of the refined central square, arcsec.
-        inner_step: spacing of the central table, arcsec.
+) -> MapField:
+    """The :class:`MapField` of ``vrms_quadrant`` (e.g. ``Emulator.vrms_quadrant``: v_rms in km/s
+    on the 276 x 276 quadrant of CONVENTIONS §5), refined near the centre by ``vrms_at`` if given
+    (e.g. ``Emulator.vrms_at``); interpolated in the query points' dtype.
 
     Returns:
-        ``vrms_at(params, x, y)``.
+        ``vrms_at(params, x, y)``: km/s at galaxy-frame points in arcsec.
     """
-    n_inner = int(np.ceil(inner_half_width / inner_step)) + 2
-    inner_coords = np.arange(-n_inner, n_inner + 1) * inner_step
-    inner_x, inner_y = np.meshgrid(inner_coords, inner_coords)
-
-    def field(params, x, y):
-        full = mirror_quadrant(vrms_quadrant(params))
-        padded = jnp.pad(full, 2, mode="edge")
-        origin = -HALF_WIDTH_ARCSEC - 2 * PIXEL_ARCSEC
-        x, y = jnp.asarray(x), jnp.asarray(y)
-        coarse = cubic_interpolate(padded.astype(x.dtype), origin, PIXEL_ARCSEC, x, y)
-        if vrms_at is None:
-            return coarse
-        table = vrms_at(params, _float(inner_x).astype(x.dtype), _float(inner_y).astype(x.dtype))
-        fine = cubic_interpolate(table, -n_inner * inner_step, inner_step, x, y)
-        inside = (jnp.abs(x) <= inner_half_width) & (jnp.abs(y) <= inner_half_width)
-        return jnp.where(inside, fine, coarse)
-
-    return field
+    return MapField(
+        vrms_quadrant, vrms_at, inner_half_width=inner_half_width, inner_step=inner_step
+    )
 
 
 def check_sky_params(model: ForwardModel, sky: SkyParams, *, physical: bool = True) -> None:

@@ -172,6 +172,16 @@ def _sersic_b_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array,
     return b, db_dn * dn
 
 
+def _log_sersic_total_flux(xp, gammaln_fn, b, r_sersic, n_sersic, q):
+    """``log(2 π n q R² e^b b^(-2n) Γ(2n))`` with the array module ``xp`` (JAX or NumPy)."""
+    return (
+        xp.log(2.0 * xp.pi * n_sersic * q * r_sersic**2)
+        + b
+        - 2.0 * n_sersic * xp.log(b)
+        + gammaln_fn(2.0 * n_sersic)
+    )
+
+
 def sersic_total_flux(r_sersic: ArrayLike, n_sersic: ArrayLike, q: ArrayLike = 1.0) -> Array:
     """Total flux (arcsec²) of the elliptical Sérsic of unit surface brightness at ``r_sersic``.
 
@@ -183,13 +193,15 @@ def sersic_total_flux(r_sersic: ArrayLike, n_sersic: ArrayLike, q: ArrayLike = 1
         q: axis ratio.
     """
     b = sersic_b(n_sersic)
-    log_flux = (
-        jnp.log(2.0 * jnp.pi * n_sersic * q * r_sersic**2)
-        + b
-        - 2.0 * n_sersic * jnp.log(b)
-        + gammaln(2.0 * n_sersic)
-    )
-    return jnp.exp(log_flux)
+    return jnp.exp(_log_sersic_total_flux(jnp, gammaln, b, r_sersic, n_sersic, q))
+
+
+def sersic_total_flux_np(r_sersic: float, n_sersic: float, q: float = 1.0) -> float:
+    """:func:`sersic_total_flux` in NumPy/SciPy float64 (for JAX-free code such as the training
+    data generator's workers, as :func:`sersic_b_np`): the same formula, arcsec²."""
+    b = float(sersic_b_np(n_sersic))
+    log_flux = _log_sersic_total_flux(np, scipy.special.gammaln, b, r_sersic, n_sersic, q)
+    return float(np.exp(log_flux))
 
 
 def sersic_light(

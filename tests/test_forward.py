@@ -602,7 +602,7 @@ def test_centred_prediction_is_smooth_in_the_centre(field_name):
     if field_name == "power_law":
         field, params = power_law_field, real_lens_params(4.0, 2.4, 0.0)
     else:
-        from skinn_jax.inference.model import emulator_field, load_emulator
+        from skinn_jax.inference.kinematics import emulator_field, load_emulator
 
         field, params = emulator_field(load_emulator()), jnp.asarray(PARAMS)
     centred = fw.build_forward_model(grid, bins, psf)

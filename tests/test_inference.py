@@ -8,22 +8,30 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from herculens.MassModel.Profiles.epl import EPL
+
+from skinn_jax.forward import SkyParams, field_from_quadrant
+from skinn_jax.ifu import PSF, KinematicData, SpaxelGrid
 from skinn_jax.inference import fit as fit_mod
+from skinn_jax.inference.data import SystemData
+from skinn_jax.inference.kinematics import EmulatorField, emulator_params, load_emulator
 from skinn_jax.inference.lensing import CoredPowerLaw, ImagingSettings
-from skinn_jax.inference.mock_kinematics import MockSettings, field_for_forward_model
-from skinn_jax.inference.mock_system import (
+from skinn_jax.inference.lensing.lens import epl_from_mass, mass_from_epl, solve_lens
+from skinn_jax.inference.mocks.kinematics import MockSettings, field_for_forward_model
+from skinn_jax.inference.mocks.system import (
     BUILTIN_PARAMS,
     MockSystemSettings,
     make_mock_system,
     plot_mock_system,
     system_params,
 )
+from skinn_jax.inference.mocks.truth import solver_start_from_truth, truth_values
 from skinn_jax.inference.model import (
     LOG_THETA_E_SITE,
     MODEL_QUAD_NODES,
@@ -31,30 +39,20 @@ from skinn_jax.inference.model import (
     RATIO,
     RATIO_SITE,
     RATIO_THETA_E_SITE,
-    EmulatorField,
-    Priors,
-    SystemData,
     build_setup,
-    emulator_params,
-    epl_from_mass,
-    kinematic_scale_coordinates,
-    load_emulator,
     log_density,
+    model,
+    site_names,
+)
+from skinn_jax.inference.priors import (
+    Priors,
+    kinematic_scale_coordinates,
     log_kinematic_scale_prior,
     log_ratio_box,
     log_ratio_prior,
     log_theta_E_box,
-    mass_from_epl,
-    model,
     ratio_theta_E_box,
-    site_names,
-    solve_lens,
-    solver_start_from_truth,
-    truth_values,
 )
-
-from skinn_jax.forward import SkyParams, field_from_quadrant
-from skinn_jax.ifu import PSF, KinematicData, SpaxelGrid
 from skinn_jax.likelihood import KinematicLikelihood
 from skinn_jax.profiles import kappa_cored_pemd, to_galaxy_frame
 
@@ -168,7 +166,7 @@ def test_model_image_at_the_truth_is_the_mocks_noiseless_image(system, data):
     """The fit's imaging model (its coarser quadrature included) at the true parameters gives the
     mock's noiseless image to far below the noise, so a lensing-only offset from the truth comes
     from the noise, not from a mismatch; the data's χ² at the truth is then that of pure noise."""
-    from skinn_jax.inference.model import predict
+    from skinn_jax.inference.predict import predict
 
     setup = _setup(data, "lensing", solver_start=solver_start_from_truth(system))
     truth = truth_values(system, "lensing")
@@ -293,6 +291,35 @@ def test_joint_log_density_at_truth_is_finite_with_finite_gradient_and_beats_wro
         assert worse < float(value) - 10.0, (name, worse, float(value))
 
 
+REFERENCE = Path(__file__).parent / "data" / "joint_log_density_reference.npz"
+
+
+@pytest.mark.parametrize("mode", ["joint", "lensing", "kinematics"])
+def test_log_density_is_unchanged_from_the_reference(system, data, emulator, mode):
+    """Issue 19, case 4: the model's log density (constrained sites) and the sampler's potential
+    energy (unconstrained space, bijection Jacobians included) at three fixed float64 points agree
+    to 1e-10 relative with the values the pre-refactoring model gave
+    (``tests/data/make_joint_log_density_reference.py``, commit stored in the file)."""
+    from numpyro.infer.util import potential_energy, unconstrain_fn
+
+    ref = np.load(REFERENCE)
+    assert str(ref["commit"]).startswith("15f8996")  # the last commit before issue 19's layout
+    setup = _setup(data, mode, emulator=emulator, solver_start=solver_start_from_truth(system))
+    prefix = f"{mode}/point/"
+    names = [k[len(prefix) :] for k in ref.files if k.startswith(prefix)]
+    assert sorted(names) == sorted(site_names(mode))
+    for i in range(3):
+        values = {name: jnp.asarray(ref[prefix + name][i]) for name in names}
+        ld = float(log_density(data, setup, values))
+        z = unconstrain_fn(model, (data, setup), {}, values)
+        pe = float(potential_energy(model, (data, setup), {}, z))
+        expected_ld = float(ref[f"{mode}/log_density"][i])
+        expected_pe = float(ref[f"{mode}/potential_energy"][i])
+        assert np.isfinite(ld) and np.isfinite(pe)
+        assert ld == pytest.approx(expected_ld, rel=1e-10, abs=0.0), (i, ld, expected_ld)
+        assert pe == pytest.approx(expected_pe, rel=1e-10, abs=0.0), (i, pe, expected_pe)
+
+
 def test_checks_raise_before_sampling(system, data, emulator):
     with pytest.raises(ValueError, match="training box"):
         Priors(theta_E=(0.4, 2.0)).check()
@@ -407,7 +434,9 @@ def test_fingerprint_depends_on_the_sampled_coordinates(system, data, monkeypatc
     settings = fit_mod.FitSettings()
     before = fit_mod.fingerprint(data, setup, settings, {})
     assert fit_mod.fingerprint(data, setup, settings, {}) == before
-    monkeypatch.setattr(fit_mod, "site_names", lambda mode: ("other",) + site_names(mode)[1:])
+    from skinn_jax.inference.fit import driver
+
+    monkeypatch.setattr(driver, "site_names", lambda mode: ("other",) + site_names(mode)[1:])
     assert fit_mod.fingerprint(data, setup, settings, {}) != before
 
 
@@ -423,7 +452,7 @@ def test_coverage_is_nominal_for_exact_posteriors_and_detects_overconfidence(
     truth 68 % / 95 % of the time; ones 2.5x too narrow fail the same check."""
     from types import SimpleNamespace
 
-    from skinn_jax.inference import run_study
+    from skinn_jax.inference import study as run_study
 
     rng = np.random.default_rng(1)
     results = {}
@@ -443,7 +472,7 @@ def test_coverage_is_nominal_for_exact_posteriors_and_detects_overconfidence(
 def test_log_distance_coordinates_keep_the_prior_uniform_in_the_distances():
     """Uniform draws of (log D_dt, log D_d) in their boxes, weighted by the model's Jacobian
     factor, are uniform draws of (D_dt, D_d) in theirs (without the factor they are not)."""
-    from skinn_jax.inference.model import distance_log_jacobian
+    from skinn_jax.inference.priors import distance_log_jacobian
 
     pr = Priors()
     rng = np.random.default_rng(3)
@@ -656,7 +685,8 @@ def test_study_reports_the_distance_ratio_of_kinematics_and_joint_fits(tmp_path)
     from types import SimpleNamespace
 
     import arviz as az
-    from skinn_jax.inference import run_study
+
+    from skinn_jax.inference import study as run_study
 
     rng = np.random.default_rng(2)
     results = {}

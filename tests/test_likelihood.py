@@ -110,7 +110,7 @@ def test_gradients_match_finite_differences_for_all_13_parameters():
 
 
 def test_gradient_through_jam_truth_interpolator():
-    from skinn_jax.inference.mock_kinematics import field_for_forward_model
+    from skinn_jax.inference.mocks.kinematics import field_for_forward_model
 
     rng = np.random.default_rng(3)
     data = make_data(rng, shape=(7, 7), dense_cov=False)

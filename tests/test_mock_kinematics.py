@@ -1,4 +1,4 @@
-"""Tests of skinn_jax.inference.mock_kinematics, and the forward model end to end against jampy."""
+"""Tests of skinn_jax.inference.mocks.kinematics, and the forward model end to end against jampy."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from skinn_jax.inference import mock_kinematics as mk
 from skinn_jax.training.jam import jam_model, jam_vrms
 
 from skinn_jax.cosmology import FIDUCIAL
-from skinn_jax.forward import SkyParams
+from skinn_jax.forward import SkyParams, cubic_interpolate
+from skinn_jax.inference.mocks import kinematics as mk
 from skinn_jax.likelihood import KinematicLikelihood
-from skinn_jax.profiles import sersic_b_np
+from skinn_jax.profiles import sersic_b_np, sersic_total_flux_np
 
 SEED = 3
 
@@ -75,7 +75,7 @@ def test_noise_fraction_and_light_normalisation(mock):
     b = float(sersic_b_np(3.0))
     profile = np.exp(-b * ((r / 0.8) ** (1 / 3.0) - 1))
     numeric = np.trapezoid(2 * np.pi * r * profile, r) * 0.7
-    assert math.isclose(mk.sersic_total_flux(0.8, 3.0, 0.7), numeric, rel_tol=1e-4)
+    assert math.isclose(sersic_total_flux_np(0.8, 3.0, 0.7), numeric, rel_tol=1e-4)
 
 
 def test_cubic_interpolation_and_tabulated_jam_accuracy(mock):
@@ -86,7 +86,7 @@ def test_cubic_interpolation_and_tabulated_jam_accuracy(mock):
     table = 1.0 + 0.3 * gx - 0.2 * gy + 0.05 * gx**2 + 0.1 * gx * gy - 0.07 * gy**2
     x, y = rng.uniform(-1.8, 1.8, (2, 200))
     exact = 1.0 + 0.3 * x - 0.2 * y + 0.05 * x**2 + 0.1 * x * y - 0.07 * y**2
-    got = mk.cubic_interpolate(jnp.asarray(table), origin, step, jnp.asarray(x), jnp.asarray(y))
+    got = cubic_interpolate(jnp.asarray(table), origin, step, jnp.asarray(x), jnp.asarray(y))
     np.testing.assert_allclose(got, exact, rtol=1e-12)  # Keys reproduces quadratics exactly
     field = mk.tabulated_jam_field(mock.params, 1.0, step=0.005)
     x, y = rng.uniform(-1.0, 1.0, (2, 400))
@@ -109,7 +109,7 @@ def test_end_to_end_against_jampy_with_its_own_psf(mock):
     # jampy's flux is the analytic PSF-convolved MGE: its light must be the Sérsic's
     light = light_mge(params[4], params[5])
     mge_total = np.sum(2 * np.pi * light.peak * light.sigma_arcsec**2) * params[3]
-    assert math.isclose(mge_total, mk.sersic_total_flux(params[4], params[5], params[3]),
+    assert math.isclose(mge_total, sersic_total_flux_np(params[4], params[5], params[3]),
                         rel_tol=1e-3)  # fmt: skip
 
     lik = KinematicLikelihood(data, lambda p, x, y: 0.0 * x)

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import arviz as az
 import numpy as np
 import pytest
-from skinn_jax.inference import run_study
+
+from skinn_jax.inference import study
 
 
 def _results(width_factor: float, n: int = 150) -> dict:
@@ -26,10 +27,10 @@ def _results(width_factor: float, n: int = 150) -> dict:
 
 @pytest.mark.parametrize("width_factor, calibrated", [(1.0, True), (0.4, False)])
 def test_pp_curve_of_exact_posteriors_follows_the_diagonal(width_factor, calibrated):
-    u = run_study.truth_quantiles(_results(width_factor), "joint")["gamma"]
+    u = study.truth_quantiles(_results(width_factor), "joint")["gamma"]
     assert u.shape == (150,) and np.all((u >= 0) & (u <= 1))
     levels = np.linspace(0.0, 1.0, 21)
-    curve = run_study.pp_curve(u, levels)
+    curve = study.pp_curve(u, levels)
     assert curve[0] == 0.0 and curve[-1] == 1.0
     band = 3 * np.sqrt(levels * (1 - levels) / u.size) + 1e-9
     assert bool(np.all(np.abs(curve - levels) <= band)) == calibrated
@@ -39,7 +40,7 @@ def test_pp_plot_is_written_per_mode_with_converged_subset(tmp_path):
     results = _results(1.0, n=20)
     converged = {(k, "joint"): k % 2 == 0 for k in results}
     path = tmp_path / "pp.png"
-    run_study.plot_pp(results, ["joint"], path, converged)
+    study.plot_pp(results, ["joint"], path, converged)
     assert path.stat().st_size > 10_000
 
 
@@ -52,10 +53,10 @@ def test_report_uses_the_truths_the_fits_were_made_with():
     table = fit_mod.summary_table(draws, {"gamma": 2.0}, ["gamma"])
     result = SimpleNamespace(summary=table, idata=az.from_dict(posterior=draws))
     rebuilt = {"result": result, "truths": {"gamma": 2.4}}
-    assert run_study.stored_truth(rebuilt, "gamma") == 2.0
-    assert not run_study.rebuilt_system_matches(rebuilt)
-    assert run_study.rebuilt_system_matches({"result": result, "truths": {"gamma": 2.0}})
-    u = run_study.truth_quantiles({0: {"joint": rebuilt}}, "joint")["gamma"]
+    assert study.stored_truth(rebuilt, "gamma") == 2.0
+    assert not study.rebuilt_system_matches(rebuilt)
+    assert study.rebuilt_system_matches({"result": result, "truths": {"gamma": 2.0}})
+    u = study.truth_quantiles({0: {"joint": rebuilt}}, "joint")["gamma"]
     assert 0.3 < u[0] < 0.7
 
 
@@ -67,13 +68,13 @@ def test_study_options_carry_chains_draws_and_budget_to_every_fit(tmp_path):
         chains=4, warmup=100, samples=200, max_samples=1000, max_minutes=60.0,
         no_converge=False, no_progress=True, replace_changed=False,
     )  # fmt: skip
-    options = run_study.study_options(args)
+    options = study.study_options(args)
     for mode in ("joint", "kinematics"):
-        settings = run_study.fit_settings(mode, options)
+        settings = study.fit_settings(mode, options)
         assert (settings.num_chains, settings.num_warmup, settings.num_samples) == (4, 100, 200)
         assert settings.max_samples == 1000 and settings.max_wall_s == 3600.0
         assert settings.converge and not settings.progress_bar
-    assert run_study.fit_settings("kinematics", options).adapt_mass_matrix  # the mode's defaults
-    task = run_study.FitTask(3, "joint", options)
+    assert study.fit_settings("kinematics", options).adapt_mass_matrix  # the mode's defaults
+    task = study.FitTask(3, "joint", options)
     assert task.out_dir == tmp_path / "3" / "joint"
-    assert run_study.pending_tasks([task]) == [task]
+    assert study.pending_tasks([task]) == [task]

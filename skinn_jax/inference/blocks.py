@@ -50,7 +50,6 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-import scipy.optimize
 from jax import Array
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers
@@ -279,6 +278,7 @@ def find_map(
     *args,
     init_values: Mapping[str, Array] | None = None,
     max_iterations: int = 500,
+    tol: float = 1e-8,
     seed: int = 0,
     **kwargs,
 ) -> dict[str, Array]:
@@ -286,14 +286,14 @@ def find_map(
 
     Minimises minus the log joint density of the constrained values (no Jacobian of the
     transforms: the mode of the posterior itself), parametrised by the unconstrained sites,
-    with SciPy's L-BFGS-B on one compiled value-and-gradient (a single compilation of the model,
-    where a line search inside ``jit`` compiles it several times).
+    with optax's L-BFGS and zoom line search (:func:`skinn_jax.inference.fit.map.lbfgs`).
 
     Args:
         model, args, kwargs: the model and its arguments.
         init_values: starting values of (some) sample sites; the others start at their prior
             median.
         max_iterations: L-BFGS iterations at most.
+        tol: stop when the log density increases by less than this over an iteration.
         seed: PRNG seed of the initialisation.
 
     Returns:
@@ -324,22 +324,14 @@ def find_map(
 
     flat0, unravel = ravel_pytree(initial(jax.random.PRNGKey(seed)))
 
-    @jax.jit
     def objective(flat):
         values = constrain_fn(model, args, kwargs, unravel(flat))
         return -log_density(model, args, kwargs, values)[0]
 
-    value_and_grad = jax.jit(jax.value_and_grad(objective))
+    from .fit.map import lbfgs  # (the inference's one optimiser; imported when used)
 
-    def fun(x):
-        value, grad = value_and_grad(jnp.asarray(x, flat0.dtype))
-        return float(value), np.asarray(grad, dtype=float)
-
-    result = scipy.optimize.minimize(
-        fun, np.asarray(flat0, dtype=float), jac=True, method="L-BFGS-B",
-        options={"maxiter": max_iterations},
-    )  # fmt: skip
-    if not np.all(np.isfinite(result.x)) or not np.isfinite(result.fun):
-        raise RuntimeError(f"MAP failed: {result.message}")
+    result = lbfgs(objective, flat0, max_steps=max_iterations, tol=tol)
+    if not np.all(np.isfinite(result.x)) or not np.isfinite(result.value):
+        raise RuntimeError(f"MAP failed: non-finite log density ({result.value})")
     z = unravel(jnp.asarray(result.x, flat0.dtype))
     return constrain_fn(model, args, kwargs, z, return_deterministic=True)

@@ -43,25 +43,23 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import Array
-from skinn_jax.training.jam import DEFAULT_SETTINGS, JamSettings, jam_vrms
 
 from skinn_jax.cosmology import FIDUCIAL, LensDistances
 from skinn_jax.forward import (
     ForwardModel,
+    MapField,
     SkyParams,
     VrmsField,
     binned_vrms_from_fields,
     build_forward_model,
     convolved_light_image,
-    cubic_interpolate,
     galaxy_frame_points,
     lens_light,
 )
 from skinn_jax.ifu import PSF, KinematicData, SpaxelGrid
 from skinn_jax.params import sample_params, validate_params
-from skinn_jax.profiles import SersicLight
-from skinn_jax.profiles import sersic_total_flux as _jax_sersic_total_flux
+from skinn_jax.profiles import SersicLight, sersic_total_flux
+from skinn_jax.training.jam import DEFAULT_SETTINGS, JamSettings, jam_vrms
 
 
 @dataclass(frozen=True)
@@ -164,13 +162,6 @@ def noise_fraction(sn: np.ndarray, settings: MockSettings = MockSettings()) -> n
     return np.interp(sn, settings.noise_sn, settings.noise_frac)
 
 
-def sersic_total_flux(r_sersic: float, n_sersic: float, q_light: float) -> float:
-    """Total flux of the major-axis Sérsic of unit amplitude at ``r_sersic`` (arcsec²), a float
-    (:func:`skinn_jax.profiles.sersic_total_flux`)."""
-    with jax.enable_x64(True):
-        return float(_jax_sersic_total_flux(float(r_sersic), float(n_sersic), float(q_light)))
-
-
 def light_image(
     model: ForwardModel, params: np.ndarray, sky: SkyParams, settings: MockSettings
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -179,11 +170,12 @@ def light_image(
     Returns:
         ``(signal, noise)`` in electrons, each of shape ``grid.shape``.
     """
+    q_light, r_sersic, n_sersic = (float(params[i]) for i in (3, 4, 5))
     with jax.enable_x64(True):
         mean_sb = np.asarray(convolved_light_image(model, jnp.asarray(params), sky))
-    q_light, r_sersic, n_sersic = params[3], params[4], params[5]
+        flux = float(sersic_total_flux(r_sersic, n_sersic, q_light))  # arcsec²
     total_cps = 10.0 ** (-0.4 * (settings.magnitude - settings.zero_point))
-    amplitude = total_cps / sersic_total_flux(r_sersic, n_sersic, q_light)  # cps / arcsec²
+    amplitude = total_cps / flux  # cps / arcsec²
     area = model.grid.pixel_area
     t = settings.exposure_s
     signal = mean_sb * amplitude * area * t
@@ -299,39 +291,19 @@ def make_mock_kinematics(
 # JAM truth as a JAX field
 
 
-class TabulatedField(NamedTuple):
-    """A galaxy-frame v_rms field from a table; callable as ``vrms_at(params, x, y)``.
-
-    The table holds fixed-parameter values: ``params`` is ignored (its gradient is zero).
-
-    Attributes:
-        table: ``table[i, j] = v(origin + j step, origin + i step)``, km/s, shape (n, n).
-        origin: coordinate of ``table[0, 0]`` along both axes, arcsec.
-        step: spacing, arcsec.
-    """
-
-    table: np.ndarray
-    origin: float
-    step: float
-
-    def __call__(self, params, x, y) -> Array:
-        x, y = jnp.asarray(x), jnp.asarray(y)
-        table = jnp.asarray(self.table, dtype=x.dtype)
-        return cubic_interpolate(table, self.origin, self.step, x, y)
-
-
 def tabulated_jam_field(
     params: np.ndarray,
     half_width: float,
     step: float = 0.005,
     distances: LensDistances = FIDUCIAL,
     settings: JamSettings = DEFAULT_SETTINGS,
-) -> TabulatedField:
+) -> MapField:
     """JAM truth at fixed ``params`` as a JAX field covering ``|x|, |y| <= half_width``.
 
     ``jam_vrms`` is evaluated on one quadrant of a regular grid of spacing ``step`` (plus two
-    stencil points beyond ``half_width``) and mirrored (the map is symmetric under x -> -x and
-    y -> -y); queries are interpolated with :func:`cubic_interpolate`.
+    stencil points beyond ``half_width``); the field is the library's one
+    :class:`~skinn_jax.forward.MapField` of that fixed table (mirrored, cubic-convolution
+    interpolated; ``params`` of a call are ignored, their gradient is zero).
 
     Args:
         params: the eight emulator parameters, (8,).
@@ -341,15 +313,14 @@ def tabulated_jam_field(
         settings: JAM accuracy settings.
 
     Returns:
-        A :class:`TabulatedField`.
+        ``vrms_at(params, x, y)``, km/s at galaxy-frame points in arcsec.
     """
     n_half = int(math.ceil(half_width / step)) + 2
     coords = np.arange(n_half + 1) * step
     xq, yq = np.meshgrid(coords, coords)
     quadrant = jam_vrms(params, xq, yq, distances, settings)  # [i, j] = v(x_j, y_i), x, y >= 0
-    top = np.concatenate([quadrant[:, :0:-1], quadrant], axis=1)
-    table = np.concatenate([top[:0:-1, :], top], axis=0)
-    return TabulatedField(table=table, origin=-n_half * step, step=step)
+    table = np.ascontiguousarray(quadrant[::-1, ::-1])  # x, y <= 0, centre last (symmetric map)
+    return MapField(lambda p: table, step=step)
 
 
 def field_for_forward_model(

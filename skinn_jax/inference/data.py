@@ -10,7 +10,12 @@ Builds :class:`skinn_jax.ifu.KinematicData` (CONVENTIONS §6) from arrays or fil
   deflector redshift, which is required (no default);
 * :func:`aperture_bin_map` and :func:`slit_bin_map` describe single-aperture and long-slit
   spectroscopy as a bin map on a fine spaxel grid (:func:`aperture_data`);
-* :func:`phi_from_position_angle` converts the astronomers' position angle.
+* :func:`phi_from_position_angle` converts the astronomers' position angle;
+* :class:`SystemData` holds the observations of one lens system for the joint model: imaging
+  (:class:`ImagingData`), time delays (:class:`TimeDelayData`), kinematics and the measured image
+  positions.
+
+Imports: ``skinn_jax`` core only (``ifu``).
 
 Angular frame
 -------------
@@ -41,11 +46,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 
 from skinn_jax.ifu import PSF, KinematicData, SpaxelGrid
+
+if TYPE_CHECKING:
+    from .lensing.imaging import ImagingSettings
 
 ARCSEC_PER_DEGREE = 3600.0
 
@@ -401,3 +409,63 @@ def kcwi_example_layout(
         bins[ring] = first + sector[ring]
         first += sectors
     return grid, bins
+
+
+# ----------------------------------------------------------------------------------------------
+# Lens-system data (imaging, time delays, kinematics)
+
+
+class ImagingData(NamedTuple):
+    """Imaging data.
+
+    Attributes:
+        image: observed image, counts/s per pixel, (n_pix, n_pix).
+        noise_map: per-pixel noise standard deviation, counts/s, same shape.
+    """
+
+    image: np.ndarray
+    noise_map: np.ndarray
+
+
+class TimeDelayData(NamedTuple):
+    """Time delays of images 1..3 relative to image 0 (the first to arrive).
+
+    Attributes:
+        delays: measured ``t_i - t_0``, days, (n_img - 1,).
+        sigma: their uncertainties, days, (n_img - 1,).
+    """
+
+    delays: np.ndarray
+    sigma: np.ndarray
+
+
+class SystemData(NamedTuple):
+    """The observations of one lens system.
+
+    Attributes:
+        imaging: image and noise map (counts/s per pixel).
+        time_delays: delays of images 1..3 relative to image 0 and their uncertainties (days).
+        kinematics: binned IFU v_rms data.
+        image_positions: positions of the four outer quasar images measured on the image
+            (A first: the delays are relative to it), arcsec, (4, 2).
+        imaging_settings: the imaging's pixel grid, PSF, noise and numerics (None: the defaults
+            of :class:`~skinn_jax.inference.lensing.ImagingSettings`).
+    """
+
+    imaging: ImagingData
+    time_delays: TimeDelayData
+    kinematics: KinematicData
+    image_positions: np.ndarray
+    imaging_settings: ImagingSettings | None = None
+
+    @classmethod
+    def from_mock(cls, system) -> SystemData:
+        """The data of a :class:`skinn_jax.inference.mocks.system.MockSystem` (read by attribute:
+        this module does not import the mocks)."""
+        return cls(
+            system.imaging,
+            system.time_delays,
+            system.kinematics.data,
+            np.asarray(system.measured_positions, float),
+            system.settings.imaging,
+        )

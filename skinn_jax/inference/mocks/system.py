@@ -11,7 +11,7 @@ System ``k`` (:func:`make_mock_system`):
   :data:`BUILTIN_PARAMS` for every ``k`` (``params_source="builtin"``: the typical lens of
   ``skinn-jax fit-mock``, independent of any data set), or given.
 - **Sky parameters** (paper Table 2): φ ~ U[0°, 90°], centre ~ U[-0.15″, 0.15″]², D_Δt and D_d ~
-  fiducial x U[0.8, 1.2], drawn by :func:`skinn_jax.inference.mock_kinematics.make_mock_kinematics`
+  fiducial x U[0.8, 1.2], drawn by :func:`skinn_jax.inference.mocks.kinematics.make_mock_kinematics`
   with seed ``k`` (the same draws define the kinematics and the imaging).
 - **Kinematics**: ``make_mock_kinematics(k, params)`` -- 55 x 55 spaxels of 0.05″, Gaussian PSF of
   FWHM 0.1″, Voronoi bins at S/N 15, binned v_rms from **JAM truth** at the system's distances
@@ -60,17 +60,18 @@ from skinn_jax.profiles import (
     to_galaxy_frame,
 )
 
-from .lensing import (
+from ..data import ImagingData, TimeDelayData
+from ..lensing.imaging import (
     TIME_DELAY_DAYS_PER_MPC_ARCSEC2,
     Images,
     ImagingModel,
     ImagingSettings,
     LensParams,
-    flux_from_magnitude,
     grid_local_minima,
     solve_lens_equation,
 )
-from .mock_kinematics import MockKinematics, MockSettings, make_mock_kinematics
+from ..lensing.profiles import flux_from_magnitude
+from .kinematics import MockKinematics, MockSettings, make_mock_kinematics
 
 ZERO_PIXEL_SYSTEM = 9
 """The system that is the paper's worst case: a JAM map with zero-valued pixels."""
@@ -125,30 +126,6 @@ class MockSystemSettings:
     td_rel_error: float = 0.02
     td_min_error_days: float = 1.0
     max_source_draws: int = 2000
-
-
-class ImagingData(NamedTuple):
-    """Imaging data.
-
-    Attributes:
-        image: observed image, counts/s per pixel, (n_pix, n_pix).
-        noise_map: per-pixel noise standard deviation, counts/s, same shape.
-    """
-
-    image: np.ndarray
-    noise_map: np.ndarray
-
-
-class TimeDelayData(NamedTuple):
-    """Time delays of images 1..3 relative to image 0 (the first to arrive).
-
-    Attributes:
-        delays: measured ``t_i - t_0``, days, (n_img - 1,).
-        sigma: their uncertainties, days, (n_img - 1,).
-    """
-
-    delays: np.ndarray
-    sigma: np.ndarray
 
 
 def measure_image_positions(
@@ -642,7 +619,7 @@ def plot_mock_system(system: MockSystem, path: str | Path | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m skinn_jax.inference.mock_system [K ...] [--out docs/figures]``: Fig. 6 PNGs."""
+    """``python -m skinn_jax.inference.mocks.system [K ...] [--out docs/figures]``: Fig. 6 PNGs."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -2,12 +2,12 @@
 
 ::
 
-    python -m skinn_jax.inference.run_study --systems 0 1 2 3 4 5 6 7 8 9 \\
+    python -m skinn_jax.inference.study --systems 0 1 2 3 4 5 6 7 8 9 \\
         [--modes joint lensing kinematics] [--out docs/benchmarks/study] [--checkpoint PATH] \\
         [--warmup N --samples N --chains N] [--reweight-systems 0 --reweight-draws 200] \\
         [--figures docs/figures]
 
-For every system ``k`` (:func:`skinn_jax.inference.mock_system.make_mock_system`) and mode, a fit
+For every system ``k`` (:func:`skinn_jax.inference.mocks.system.make_mock_system`) and mode, a fit
 (:func:`skinn_jax.inference.fit.fit`, MAP + NUTS) into ``OUT/<k>/<mode>``; fits are restartable and
 a complete fit is loaded rather than redone, so the study can be stopped and resumed. Then:
 
@@ -24,7 +24,7 @@ a complete fit is loaded rather than redone, so the study can be stopped and res
 - **emulator error**: for the ``--reweight-systems``, joint- and kinematics-mode draws are
   importance-reweighted by ``L_kin(JAM truth) / L_kin(emulator)``, with JAM truth recomputed at
   each draw's parameters
-  (:func:`skinn_jax.inference.mock_kinematics.jam_truth_bins` at the draw's distances, through the
+  (:func:`skinn_jax.inference.mocks.kinematics.jam_truth_bins` at the draw's distances, through the
   same forward model); reported: the effective sample size ``(Σw)²/Σw²`` and every parameter's
   shift (weighted mean - mean) / sd;
 - **timings**: per system and mode, wall time, likelihood evaluations and time per evaluation.
@@ -44,12 +44,12 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from .model import PAPER_PARAMETERS, RATIO
+from .model import PAPER_PARAMETERS, RATIO, uses_kinematics
 
 MODES = ("joint", "lensing", "kinematics")
 
@@ -128,19 +128,6 @@ def summary_row(per_mode: dict, name: str) -> dict | None:
     return {k: (bool(row[k]) if k.startswith("in") else float(row[k])) for k in keys}
 
 
-def study_setup(system, data, mode: str, emulator):
-    """The model set-up of one study fit: ``system``'s data in ``mode``, the lens solver started
-    from the mock's truth, the emulator everywhere but in lensing mode."""
-    from .model import build_setup, solver_start_from_truth
-
-    return build_setup(
-        data,
-        mode,
-        emulator=emulator if mode != "lensing" else None,
-        solver_start=solver_start_from_truth(system),
-    )
-
-
 @dataclass(frozen=True)
 class StudyOptions:
     """What every fit of a study shares (picklable: sent to dask workers with each task).
@@ -156,7 +143,7 @@ class StudyOptions:
         progress: progress bars.
         quiet: no log messages from the fits.
         replace_changed: refit (deleting it) a fit made with other inputs instead of stopping.
-        mock_settings: :class:`~skinn_jax.inference.mock_system.MockSystemSettings` of the mock
+        mock_settings: :class:`~skinn_jax.inference.mocks.system.MockSystemSettings` of the mock
             systems (None: the paper's, as in the study).
     """
 
@@ -196,13 +183,13 @@ def fit_settings(mode: str, options: StudyOptions):
 @lru_cache(maxsize=4)
 def _emulator(checkpoint: str | None):
     """The emulator of ``checkpoint``, loaded once per process (worker)."""
-    from .model import load_emulator
+    from .kinematics import load_emulator
 
     return load_emulator(checkpoint)
 
 
 def _mock_system(k: int, options: StudyOptions):
-    from .mock_system import make_mock_system
+    from .mocks.system import make_mock_system
 
     kwargs = {"params_source": options.params_source, "test_set": options.test_set}
     if options.mock_settings is not None:
@@ -211,44 +198,31 @@ def _mock_system(k: int, options: StudyOptions):
 
 
 def fit_one(task: FitTask, system=None) -> dict:
-    """Make (or load, or resume) one study fit; returns ``{result, setup, data, truths}``.
+    """Make (or load, or resume) one study fit (:func:`~skinn_jax.inference.mocks.fit.fit_mock`);
+    returns ``{result, setup, data, truths}``.
 
     Args:
         task: the system, mode and shared options.
         system: the mock system if already built (else built from ``task``).
     """
-    from .fit import OutputExistsError, fit
-    from .model import SystemData, truth_values
+    from .mocks.fit import fit_mock
 
     system = system if system is not None else _mock_system(task.system, task.options)
-    data = SystemData.from_mock(system)
-    emulator = _emulator(task.options.checkpoint) if task.mode != "lensing" else None
-    setup = study_setup(system, data, task.mode, emulator)
-    truths = truth_values(system, task.mode)
-    fit_k = partial(
-        fit,
-        data,
-        setup,
+    emulator = _emulator(task.options.checkpoint) if uses_kinematics(task.mode) else None
+    return fit_mock(
+        system,
+        task.mode,
         task.out_dir,
-        init_values=truths,
-        truths=truths,
+        emulator=emulator,
         settings=fit_settings(task.mode, task.options),
         meta={
             "label": f"mock system {task.system}",
             "system": task.system,
             "checkpoint": str(task.options.checkpoint or "default"),
-            # the weights' hash, so that a retrained emulator never reuses an old fit
-            "weights_sha256": emulator.metadata.get("weights_sha256") if emulator else None,
         },
+        replace_changed=task.options.replace_changed,
         quiet=task.options.quiet,
     )
-    try:
-        result = fit_k()
-    except OutputExistsError:
-        if not task.options.replace_changed:
-            raise
-        result = fit_k(force=True)  # only fits whose inputs changed get here
-    return {"result": result, "setup": setup, "data": data, "truths": truths}
 
 
 def fit_task(task: FitTask) -> dict:
@@ -295,9 +269,11 @@ def run_fits(args) -> dict:
     """Fit every system in every mode (or load complete fits). Returns ``{k: {mode: result}}``."""
     import jax
 
+    from .data import SystemData
     from .fit import load_result
-    from .mock_system import plot_mock_system
-    from .model import SystemData, truth_values
+    from .mocks.fit import mock_setup
+    from .mocks.system import plot_mock_system
+    from .mocks.truth import truth_values
 
     options = study_options(args)
     if args.scheduler and not args.report_only:
@@ -322,10 +298,10 @@ def run_fits(args) -> dict:
             if args.report_only:
                 # report on the fit as it was made (its own model version and settings)
                 data = SystemData.from_mock(system)
-                emulator = _emulator(options.checkpoint) if mode != "lensing" else None
+                emulator = _emulator(options.checkpoint) if uses_kinematics(mode) else None
                 per = {
                     "result": load_result(task.out_dir),
-                    "setup": study_setup(system, data, mode, emulator),
+                    "setup": mock_setup(system, data, mode, emulator),
                     "data": data,
                     "truths": truth_values(system, mode),
                 }
@@ -491,8 +467,9 @@ def reweight(per_mode: dict, n_draws: int, seed: int = 0) -> dict:
 
     from skinn_jax.likelihood import gaussian_log_likelihood
 
-    from .mock_kinematics import jam_distances, jam_truth_bins
-    from .model import RATIO, emulator_params, kinematic_distances, sky_params
+    from .kinematics import emulator_params, kinematic_distances, sky_params
+    from .mocks.kinematics import jam_distances, jam_truth_bins
+    from .model import RATIO
 
     result, setup, data = per_mode["result"], per_mode["setup"], per_mode["data"]
     post = result.idata.posterior
@@ -558,16 +535,8 @@ def plot_fig9(results: dict, modes, path: Path) -> None:
     fig, axes = plt.subplots(3, 5, figsize=(17, 9.5))
     for ax, name in zip(np.ravel(axes), STUDY_PARAMETERS, strict=False):
         for mode in modes:
-            deltas = []
-            for per in results.values():
-                if mode not in per:
-                    continue
-                x = _flat_draws(per[mode]["result"].idata, name)
-                truth = stored_truth(per[mode], name)
-                if x is None or truth is None:
-                    continue
-                d = x - truth
-                deltas.append(np.degrees(d) if name == "phi" else d)
+            deltas = [x - truth for x, truth in _draws_and_truths(results, mode, name)]
+            deltas = [np.degrees(d) if name == "phi" else d for d in deltas]
             if deltas:
                 ax.hist(
                     np.concatenate(deltas), bins=40, histtype="step", density=True,
@@ -586,20 +555,28 @@ def plot_fig9(results: dict, modes, path: Path) -> None:
     plt.close(fig)
 
 
+def _draws_and_truths(results: dict, mode: str, name: str):
+    """``(flat posterior draws, stored truth)`` of ``name`` in every fit of ``mode`` that has
+    both."""
+    for per in results.values():
+        if mode not in per:
+            continue
+        x = _flat_draws(per[mode]["result"].idata, name)
+        truth = stored_truth(per[mode], name)
+        if x is not None and truth is not None:
+            yield x, truth
+
+
 def truth_quantiles(results: dict, mode: str) -> dict[str, np.ndarray]:
     """Per parameter of :data:`STUDY_PARAMETERS`, the posterior quantile of the truth in each fit
     of ``mode`` (fraction of draws below it), over the systems: uniform on [0, 1] if calibrated."""
     out = {}
     for name in STUDY_PARAMETERS:
-        u = []
-        for per in results.values():
-            if mode not in per:
-                continue
-            x = _flat_draws(per[mode]["result"].idata, name)
-            truth = stored_truth(per[mode], name)
-            if x is None or truth is None or not np.isfinite(truth):
-                continue
-            u.append(float(np.mean(x < truth)))
+        u = [
+            float(np.mean(x < truth))
+            for x, truth in _draws_and_truths(results, mode, name)
+            if np.isfinite(truth)
+        ]
         if u:
             out[name] = np.asarray(u)
     return out
@@ -665,11 +642,11 @@ def plot_pp(results: dict, modes, path: Path, converged: dict | None = None) -> 
 def reassess(per_mode: dict):
     """The convergence policy's :class:`~skinn_jax.inference.convergence.Verdict` of a stored fit
     (its posterior draws and NUTS statistics), whatever criteria it was made with."""
-    from .fit import FitSettings, _reported_names, assess_draws, parameter_boxes
+    from .fit import FitSettings, assess_draws, parameter_boxes, reported_names
 
     result, setup = per_mode["result"], per_mode["setup"]
     post, stats = result.idata.posterior, result.idata.sample_stats
-    names = [n for n in _reported_names(setup.mode) if n in post]
+    names = [n for n in reported_names(setup.mode) if n in post]
     samples = {n: np.asarray(post[n]) for n in names}
     extra = {"diverging": np.asarray(stats["diverging"]), "num_steps": np.asarray(stats["n_steps"])}
     depth = int(result.report.get("settings", {}).get("max_tree_depth", 8))

@@ -1,1 +1,0 @@
-"""Mock systems and joint lensing + kinematics inference (installed as ``skinn_jax.inference``)."""

@@ -1,0 +1,242 @@
+"""Prior boxes of the lens-system model and the densities of its distance coordinates.
+
+:class:`Priors` holds the uniform boxes ``(low, high)`` of every parameter of
+:func:`skinn_jax.inference.model.model` (units: arcsec for angles on the sky and lengths, radians
+for ``phi``, Mpc for distances, magnitudes for fluxes). The functions below are the densities the
+model adds when it samples distances through their logarithms (joint mode) or the kinematic scale
+``log(D_dt / D_d x theta_E)`` (kinematics mode), so that the prior stays uniform in ``theta_E``,
+``D_dt`` and ``D_d`` whatever the sampled coordinates. User priors of any NumPyro distribution for
+kinematics-only models are in :mod:`skinn_jax.inference.blocks`.
+
+Imports: ``skinn_jax`` core only (``params``, ``cosmology``, ``forward``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from skinn_jax.cosmology import FIDUCIAL
+from skinn_jax.forward import CenterBox
+from skinn_jax.params import INCLINATION_MIN_DEG, PARAM_BOX, R_SERSIC_RATIO_BOX
+
+
+@dataclass(frozen=True)
+class Priors:
+    """Prior boxes ``(low, high)`` (units as in the module table); see the module docstring.
+
+    The eight emulator-related boxes default to the training box (CONVENTIONS §1); the others are
+    broad boxes that contain every mock system of :mod:`skinn_jax.inference.mocks.system` (Table 2
+    ranges with margins; distances fiducial x [0.3, 3]). In lensing and joint modes
+    ``theta_E``, ``q_mass``, ``gamma1``, ``gamma2``, ``src_x``, ``src_y`` are solved, not sampled:
+    their boxes are the support of the prior (zero density outside); ``ps_offset`` is the box of
+    the sampled image coordinates around their measured positions (a coordinate range for the
+    sampler, not a prior: the prior is uniform in ``theta_E, q_mass, phi`` and the other lens
+    parameters).
+    """
+
+    theta_E: tuple[float, float] = PARAM_BOX["theta_E"]
+    gamma: tuple[float, float] = PARAM_BOX["gamma"]
+    q_mass: tuple[float, float] = PARAM_BOX["q_mass"]
+    phi: tuple[float, float] = (-math.pi / 4, 3 * math.pi / 4)
+    center_x: tuple[float, float] = (-0.3, 0.3)
+    center_y: tuple[float, float] = (-0.3, 0.3)
+    gamma1: tuple[float, float] = (-0.15, 0.15)
+    gamma2: tuple[float, float] = (-0.15, 0.15)
+    q_light: tuple[float, float] = PARAM_BOX["q_light"]
+    r_sersic_ratio: tuple[float, float] = R_SERSIC_RATIO_BOX
+    n_sersic: tuple[float, float] = PARAM_BOX["n_sersic"]
+    lens_mag: tuple[float, float] = (16.0, 22.0)
+    src_x: tuple[float, float] = (-1.0, 1.0)
+    src_y: tuple[float, float] = (-1.0, 1.0)
+    src_r: tuple[float, float] = (0.02, 0.5)
+    src_n: tuple[float, float] = (0.5, 4.0)
+    src_mag: tuple[float, float] = (19.0, 26.0)
+    ps_mag: tuple[float, float] = (15.0, 28.0)
+    ps_offset: tuple[float, float] = (-0.25, 0.25)
+    beta_z: tuple[float, float] = PARAM_BOX["beta_z"]
+    inclination_deg: tuple[float, float] = PARAM_BOX["inclination_deg"]
+    # broad distance boxes (the mocks draw fiducial x [0.8, 1.2]): a joint posterior that reaches
+    # a box edge mixes poorly (box [0.5, 1.5], mock system 1: D_d ESS 24 of 600)
+    D_dt: tuple[float, float] = (0.3 * FIDUCIAL.D_dt, 3.0 * FIDUCIAL.D_dt)
+    D_d: tuple[float, float] = (0.3 * FIDUCIAL.D_d, 3.0 * FIDUCIAL.D_d)
+
+    EMULATOR_BOXES = {
+        "theta_E": PARAM_BOX["theta_E"],
+        "gamma": PARAM_BOX["gamma"],
+        "q_mass": PARAM_BOX["q_mass"],
+        "q_light": PARAM_BOX["q_light"],
+        "r_sersic_ratio": R_SERSIC_RATIO_BOX,
+        "n_sersic": PARAM_BOX["n_sersic"],
+        "beta_z": PARAM_BOX["beta_z"],
+        "inclination_deg": (INCLINATION_MIN_DEG, 90.0),
+    }
+
+    def check(self) -> None:
+        """Raise ``ValueError`` for an empty or non-finite box, or an emulator box too wide.
+
+        Every box must be finite with ``low < high``; the eight emulator-related boxes must lie
+        inside the training box (``theta_E`` and ``r_sersic_ratio`` included); distances must be
+        positive.
+        """
+        tol = 1e-9
+        for f in fields(self):
+            low, high = getattr(self, f.name)
+            if not (np.isfinite(low) and np.isfinite(high) and low < high):
+                raise ValueError(f"prior {f.name} = ({low}, {high}) must be finite with low < high")
+        for name, (lo_box, hi_box) in self.EMULATOR_BOXES.items():
+            low, high = getattr(self, name)
+            if low < lo_box - tol or high > hi_box + tol:
+                raise ValueError(
+                    f"prior {name} = ({low:.6g}, {high:.6g}) extends outside the emulator's "
+                    f"training box [{lo_box:.6g}, {hi_box:.6g}]"
+                )
+        for name in ("D_dt", "D_d"):
+            if getattr(self, name)[0] <= 0:
+                raise ValueError(f"prior {name} = {getattr(self, name)} Mpc must be > 0")
+        if self.phi[1] - self.phi[0] > math.pi + tol:
+            raise ValueError(
+                f"prior phi = {self.phi} spans more than π: φ and φ + π are the same ellipse"
+            )
+
+    def center_box(self) -> CenterBox:
+        """The centre box the kinematic forward model must be valid for."""
+        return CenterBox(self.center_x[0], self.center_x[1], self.center_y[0], self.center_y[1])
+
+    def contains(self, values: dict[str, np.ndarray]) -> dict[str, bool]:
+        """For each site in ``values`` with a prior here: is every element inside its box?"""
+        out = {}
+        for name, v in values.items():
+            if hasattr(self, name) and name != "EMULATOR_BOXES":
+                low, high = getattr(self, name)
+                v = np.asarray(v)
+                out[name] = bool(np.all((v >= low) & (v <= high)))
+        return out
+
+
+DEFAULT_PRIORS = Priors()
+
+
+def distance_log_jacobian(log_D_dt, log_D_d):
+    """``log |∂(D_dt, D_d) / ∂(log D_dt, log D_d)| = log D_dt + log D_d``: with it, uniform
+    priors on the log coordinates' boxes become the uniform prior in (D_dt, D_d)."""
+    return log_D_dt + log_D_d
+
+
+def log_ratio_box(
+    D_dt_box: tuple[float, float], D_d_box: tuple[float, float]
+) -> tuple[float, float]:
+    """Range of ``log(D_dt / D_d)`` over the box rectangle: ``(log(a_t/b_d), log(b_t/a_d))``."""
+    return (math.log(D_dt_box[0] / D_d_box[1]), math.log(D_dt_box[1] / D_d_box[0]))
+
+
+def log_ratio_prior(log_ratio, D_dt_box: tuple[float, float], D_d_box: tuple[float, float]):
+    """Log density of ``s = log(D_dt / D_d)`` when ``(D_dt, D_d)`` is uniform in its boxes.
+
+    With ``D_dt ~ U[a_t, b_t]`` and ``D_d ~ U[a_d, b_d]`` independent, the ratio ``r = D_dt / D_d``
+    has density ``p_r(r) = ∫ y p_t(r y) p_d(y) dy = (hi² - lo²) / (2 (b_t - a_t)(b_d - a_d))``
+    with ``lo = max(a_d, a_t / r)``, ``hi = min(b_d, b_t / r)`` (the ``D_d`` for which
+    ``r D_d`` is in the ``D_dt`` box), zero where ``hi <= lo``, i.e. outside
+    :func:`log_ratio_box`. In ``s`` the Jacobian ``dr/ds = r`` multiplies it:
+    ``p_s(s) = r p_r(r)``. (With both boxes fiducial x [0.3, 3], ``p_s`` is a tent peaked at the
+    fiducial ratio, ``∝ 9ρ - 0.09/ρ`` below and ``9/ρ - 0.09ρ`` above it, ``ρ = r / r_fid``.)
+
+    Args:
+        log_ratio: ``log(D_dt / D_d)``, any shape.
+        D_dt_box, D_d_box: the distance boxes ``(low, high)``, Mpc, ``low > 0``.
+
+    Returns:
+        ``log p_s``, the shape of ``log_ratio`` (``-inf`` outside the range).
+    """
+    (a_t, b_t), (a_d, b_d) = D_dt_box, D_d_box
+    r = jnp.exp(jnp.asarray(log_ratio))
+    lo = jnp.maximum(a_d, a_t / r)
+    hi = jnp.minimum(b_d, b_t / r)
+    mass = hi**2 - lo**2
+    inside = mass > 0
+    # (the double where keeps the gradient finite outside the range)
+    safe = jnp.where(inside, mass, 1.0)
+    log_p = jnp.log(r * safe) - math.log(2.0 * (b_t - a_t) * (b_d - a_d))
+    return jnp.where(inside, log_p, -jnp.inf)
+
+
+def log_theta_E_box(theta_E_box: tuple[float, float]) -> tuple[float, float]:
+    """Box of ``log(theta_E / 1″)`` for the ``theta_E`` box ``(low, high)`` (arcsec, low > 0)."""
+    return (math.log(theta_E_box[0]), math.log(theta_E_box[1]))
+
+
+def ratio_theta_E_box(
+    theta_E_box: tuple[float, float], D_dt_box: tuple[float, float], D_d_box: tuple[float, float]
+) -> tuple[float, float]:
+    """Box of ``log(D_dt / D_d x theta_E / 1″)`` implied by the extremes of its two terms.
+
+    ``(log a_θ + log(a_t / b_d), log b_θ + log(b_t / a_d))`` for ``theta_E`` in ``[a_θ, b_θ]``
+    (arcsec) and the ratio's range :func:`log_ratio_box`. The support of the prior is not this
+    rectangle in ``(log_theta_E, log_ratio_theta_E)`` but the parallelogram where
+    ``log_ratio_theta_E - log_theta_E`` is in :func:`log_ratio_box`: the prior is ``-inf`` in the
+    rest (:func:`log_kinematic_scale_prior`).
+    """
+    a, b = log_theta_E_box(theta_E_box)
+    s_lo, s_hi = log_ratio_box(D_dt_box, D_d_box)
+    return (a + s_lo, b + s_hi)
+
+
+def kinematic_scale_coordinates(theta_E, log_ratio) -> tuple[Array, Array]:
+    """``(log_theta_E, log_ratio_theta_E) = (log theta_E, log_ratio + log theta_E)``.
+
+    Args:
+        theta_E: emulator-convention Einstein radius, arcsec.
+        log_ratio: ``log(D_dt / D_d)``.
+    """
+    log_theta_E = jnp.log(jnp.asarray(theta_E))
+    return log_theta_E, jnp.asarray(log_ratio) + log_theta_E
+
+
+def from_kinematic_scale_coordinates(log_theta_E, log_ratio_theta_E) -> tuple[Array, Array]:
+    """``(theta_E, log_ratio)`` (arcsec, --): the inverse of :func:`kinematic_scale_coordinates`."""
+    log_theta_E = jnp.asarray(log_theta_E)
+    return jnp.exp(log_theta_E), jnp.asarray(log_ratio_theta_E) - log_theta_E
+
+
+def log_kinematic_scale_prior(
+    log_theta_E,
+    log_ratio_theta_E,
+    theta_E_box: tuple[float, float],
+    D_dt_box: tuple[float, float],
+    D_d_box: tuple[float, float],
+):
+    """Log density of ``(log_theta_E, log_ratio_theta_E)`` (kinematics mode's coordinates).
+
+    The prior of the other modes, ``theta_E ~ U[a_θ, b_θ]`` and ``(D_dt, D_d)`` uniform in
+    their boxes, independent, gives ``theta_E`` and ``s = log(D_dt / D_d)`` the density
+    ``p_s(s) / (b_θ - a_θ)`` (:func:`log_ratio_prior`). With ``u = log theta_E`` and
+    ``w = s + u``, ``(theta_E, s) = (e^u, w - u)`` has
+    ``|det ∂(theta_E, s) / ∂(u, w)| = |det [[e^u, 0], [-1, 1]]| = e^u = theta_E``, so
+
+        log p(u, w) = u - log(b_θ - a_θ) + log p_s(w - u),
+
+    for ``u`` in ``[log a_θ, log b_θ]`` and ``w - u`` in :func:`log_ratio_box`, ``-inf``
+    elsewhere (normalised: it integrates to 1 over the plane).
+
+    Args:
+        log_theta_E: ``u = log(theta_E / 1″)``.
+        log_ratio_theta_E: ``w = log(D_dt / D_d x theta_E / 1″)``.
+        theta_E_box: ``(a_θ, b_θ)``, arcsec, ``a_θ > 0``.
+        D_dt_box, D_d_box: the distance boxes, Mpc.
+
+    Returns:
+        ``log p(u, w)``, broadcast shape of the inputs.
+    """
+    u = jnp.asarray(log_theta_E)
+    lo, hi = log_theta_E_box(theta_E_box)
+    inside = (u >= lo) & (u <= hi)
+    log_p = (
+        u
+        - math.log(theta_E_box[1] - theta_E_box[0])
+        + log_ratio_prior(jnp.asarray(log_ratio_theta_E) - u, D_dt_box, D_d_box)
+    )
+    return jnp.where(inside, log_p, -jnp.inf)

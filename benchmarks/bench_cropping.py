@@ -31,12 +31,12 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from profile_model_eval import median_time_ms  # noqa: E402  (benchmarks/ is on the path)
-from skinn_jax.inference.data import kcwi_example_layout, kinematic_data  # noqa: E402
 
 import skinn_jax  # noqa: E402
 from skinn_jax.cosmology import FIDUCIAL  # noqa: E402
 from skinn_jax.forward import SkyParams  # noqa: E402
 from skinn_jax.ifu import PSF  # noqa: E402
+from skinn_jax.inference.data import kcwi_example_layout, kinematic_data  # noqa: E402
 from skinn_jax.likelihood import KinematicLikelihood  # noqa: E402
 
 PARAMS = np.array([1.2, 2.1, 0.8, 0.75, 0.9, 3.2, 0.15, 70.0])

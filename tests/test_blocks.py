@@ -15,14 +15,14 @@ import pytest
 import scipy.signal
 from numpyro.infer import Predictive
 from numpyro.infer.util import log_density
-from skinn_jax.inference import blocks
-from skinn_jax.inference import data as kd
-from skinn_jax.inference.data import aperture_data, kinematic_data
 
 import skinn_jax
 from skinn_jax.cosmology import FIDUCIAL
 from skinn_jax.forward import SkyParams
 from skinn_jax.ifu import PSF, SpaxelGrid, gaussian_kernel
+from skinn_jax.inference import blocks
+from skinn_jax.inference import data as kd
+from skinn_jax.inference.data import aperture_data, kinematic_data
 from skinn_jax.likelihood import KinematicLikelihood, gaussian_log_likelihood
 from skinn_jax.profiles import sersic_light
 

@@ -15,6 +15,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 from numpyro.infer import MCMC, NUTS
+
 from skinn_jax.inference.convergence import (
     ConvergencePolicy,
     assess,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from skinn_jax.inference.data import kcwi_example_layout, kinematic_data
 
 import skinn_jax
 from skinn_jax.cosmology import FIDUCIAL
 from skinn_jax.forward import SkyParams, build_forward_model, crop_to_used
 from skinn_jax.ifu import PSF
+from skinn_jax.inference.data import kcwi_example_layout, kinematic_data
 from skinn_jax.likelihood import KinematicLikelihood
 
 

@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from skinn_jax.inference import data as kd
 
 from skinn_jax.forward import SkyParams, build_forward_model, convolved_light_image
 from skinn_jax.ifu import PSF, SpaxelGrid
+from skinn_jax.inference import data as kd
 
 
 @pytest.fixture(autouse=True)

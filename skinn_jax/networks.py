@@ -411,6 +411,11 @@ class PCANet(_StyledFeatures, nn.Module):
         coeffs = self.mapping(p_norm)[..., 1:]
         return jnp.concatenate([jnp.ones_like(coeffs[..., :1]), coeffs], axis=-1)
 
+    def member_coefficients(self, p_norm):
+        """Each ensemble member's coefficients (m, ..., K) for one batch of normalised
+        parameters per member (m, ..., P) (the training loss; :class:`MappingNetwork`)."""
+        return self.mapping(p_norm, per_member=True)[..., 1:]
+
     def quadrant(self, style):
         """``u`` on the quadrant grid (..., 276, 276) for style vectors (..., K + 1); factorised
         basis only (a dense basis is the product with the emulator's cached grid features)."""

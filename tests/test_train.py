@@ -160,15 +160,15 @@ def test_baseline_trains_exports_and_loads(data, tmp_path, target):
     params, _, _ = load_maps(data / "val", 2)
     net = make_network(emu.config)
     p_norm = jnp.asarray(emu.space.normalise(params.astype(np.float32)))
-    styles = net.apply(
+    coeffs = net.apply(
         emu.variables,
         jnp.broadcast_to(p_norm, (members, *p_norm.shape)),
-        method=lambda module, x: module.mapping(x, per_member=True),
+        method="member_coefficients",
     )
     x = jnp.array([0.3, 1.1, 2.0])
     y = jnp.array([0.0, 0.4, -1.5])
     feats = net.apply(emu.variables, x, y, method="features")
-    u_members = jnp.einsum("mbk,pk->mbp", styles[..., 1:], feats[:, 1:]) + feats[:, 0]
+    u_members = jnp.einsum("mbk,pk->mbp", coeffs, feats[:, 1:]) + feats[:, 0]
     expected = velocity_scale(params)[:, None] * relative_velocity(u_members.mean(axis=0))
     got = np.stack([np.asarray(emu.vrms_at(p, x, y)) for p in params])
     np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-3)

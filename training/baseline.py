@@ -129,7 +129,6 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
             cfg.cusp_weight,
         )
         coeffs[i : i + 2000] = (u - mean) @ comps
-    targets = np.concatenate([np.ones((len(coeffs), 1), np.float32), coeffs], axis=1)
 
     config = NetworkConfig(
         kind="pca",
@@ -158,16 +157,13 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
     opt_state = opt.init(params)
     p_norm = np.asarray(space.normalise(params_train.astype(np.float32)))
 
-    def member_styles(module, x):
-        return module.mapping(x, per_member=True)
-
     @jax.jit
     def step(params, opt_state, x, t):
-        # x (m, batch, P), t (m, batch, K + 1): each member its own batch; the loss is the sum
-        # of the members' own losses, so they train independently (an ensemble, not one model)
+        # x (m, batch, P), t (m, batch, K): each member its own batch; the loss is the sum of
+        # the members' own losses, so they train independently (an ensemble, not one model)
         def loss(q):
-            pred = net.apply({"params": q, **constants}, x, method=member_styles)[..., 1:]
-            return jnp.mean((pred - t[..., 1:]) ** 2) * cfg.n_members
+            pred = net.apply({"params": q, **constants}, x, method="member_coefficients")
+            return jnp.mean((pred - t) ** 2) * cfg.n_members
 
         value, grads = jax.value_and_grad(loss)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
@@ -176,7 +172,7 @@ def train_baseline(cfg: BaselineConfig, progress: bool = True) -> dict:
     rng = np.random.default_rng(cfg.seed)
     for _ in tqdm(range(cfg.steps), desc="train baseline", disable=not progress):
         idx = rng.integers(0, len(p_norm), (cfg.n_members, cfg.batch))
-        params, opt_state, _ = step(params, opt_state, p_norm[idx], targets[idx])
+        params, opt_state, _ = step(params, opt_state, p_norm[idx], coeffs[idx])
     variables = {"params": params, **constants}
     pred = predict(Emulator(config, variables, {"param_space": space.name}), params_val)
     e, abs_e = full_map_errors(pred, vrms_val)

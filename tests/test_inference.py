@@ -20,6 +20,7 @@ from skinn_jax.forward import SkyParams, field_from_quadrant
 from skinn_jax.ifu import PSF, KinematicData, SpaxelGrid
 from skinn_jax.inference import fit as fit_mod
 from skinn_jax.inference.data import SystemData
+from skinn_jax.inference.fit.chains import Chains
 from skinn_jax.inference.kinematics import EmulatorField, emulator_params, load_emulator
 from skinn_jax.inference.lensing import CoredPowerLaw, ImagingSettings
 from skinn_jax.inference.lensing.lens import epl_from_mass, mass_from_epl, solve_lens
@@ -298,8 +299,10 @@ REFERENCE = Path(__file__).parent / "data" / "joint_log_density_reference.npz"
 def test_log_density_is_unchanged_from_the_reference(system, data, emulator, mode):
     """Issue 19, case 4: the model's log density (constrained sites) and the sampler's potential
     energy (unconstrained space, bijection Jacobians included) at three fixed float64 points agree
-    to 1e-10 relative with the values the pre-refactoring model gave
-    (``tests/data/make_joint_log_density_reference.py``, commit stored in the file)."""
+    to 1e-8 relative or 1e-5 absolute with the values the pre-refactoring model gave
+    (``tests/data/make_joint_log_density_reference.py``, commit stored in the file). The same code
+    gives 1e-10 relative at XLA's default optimisation level; the suite's level 0
+    (``conftest.py``) rounds differently, by ~1e-6 (a change of the model moves them far more)."""
     from numpyro.infer.util import potential_energy, unconstrain_fn
 
     ref = np.load(REFERENCE)
@@ -316,8 +319,8 @@ def test_log_density_is_unchanged_from_the_reference(system, data, emulator, mod
         expected_ld = float(ref[f"{mode}/log_density"][i])
         expected_pe = float(ref[f"{mode}/potential_energy"][i])
         assert np.isfinite(ld) and np.isfinite(pe)
-        assert ld == pytest.approx(expected_ld, rel=1e-10, abs=0.0), (i, ld, expected_ld)
-        assert pe == pytest.approx(expected_pe, rel=1e-10, abs=0.0), (i, pe, expected_pe)
+        assert ld == pytest.approx(expected_ld, rel=1e-8, abs=1e-5), (i, ld, expected_ld)
+        assert pe == pytest.approx(expected_pe, rel=1e-8, abs=1e-5), (i, pe, expected_pe)
 
 
 def test_checks_raise_before_sampling(system, data, emulator):
@@ -384,18 +387,16 @@ def test_short_fit_writes_outputs_and_restarts_from_its_checkpoints(
     # (the convergence policy extends the 6 draws by one chunk of 6; then the budget is spent)
     out = tmp_path / "fit"
     # a fit killed while sampling (after its warm-up) leaves no final output ...
-    from numpyro.infer import MCMC
+    from skinn_jax.inference.fit import driver
 
-    real_run = MCMC.run
-    calls = {"n": 0}
+    real_advance = driver._advance
 
-    def failing_run(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:  # 1: warm-up, 2: sampling
+    def killed_when_sampling(chains, state, n, desc, progress):
+        if desc.startswith("sampling"):
             raise KeyboardInterrupt("killed")
-        return real_run(self, *args, **kwargs)
+        return real_advance(chains, state, n, desc, progress)
 
-    monkeypatch.setattr(MCMC, "run", failing_run)
+    monkeypatch.setattr(driver, "_advance", killed_when_sampling)
     with pytest.raises(KeyboardInterrupt):
         fit_mod.fit(
             data, setup, out, init_values=truth, truths=truth, settings=settings, quiet=True
@@ -403,11 +404,16 @@ def test_short_fit_writes_outputs_and_restarts_from_its_checkpoints(
     assert not any((out / f).exists() for f in fit_mod.FINAL_FILES)
     state = json.loads((out / fit_mod.STATE_FILE).read_text())
     assert state["phase"] == "warmup"
-    # ... and restarts from its last checkpoint (the warm-up state)
-    monkeypatch.setattr(MCMC, "run", real_run)
+    # ... and restarts from its last checkpoint (the warm-up state), compiling the loop of its
+    # chains once for every chunk (NumPyro's MCMC compiled it again for each)
+    monkeypatch.setattr(driver, "_advance", real_advance)
+    compiled = []
+    real_compile = Chains._compile
+    monkeypatch.setattr(Chains, "_compile", lambda self: compiled.append(1) or real_compile(self))
     result = fit_mod.fit(
         data, setup, out, init_values=truth, truths=truth, settings=settings, quiet=True
     )
+    assert len(compiled) == 1
     for name in fit_mod.FINAL_FILES:
         assert (out / name).stat().st_size > 0, name
     assert json.loads((out / fit_mod.STATE_FILE).read_text())["phase"] == "complete"

@@ -2,18 +2,19 @@
 
 :func:`fit` runs, for one system and mode, in phases that each leave a checkpoint in ``out_dir``:
 
-1. **MAP** (optax): L-BFGS (``optax.scale_by_lbfgs`` with a backtracking Armijo line search)
-   on NumPyro's potential (minus the log posterior in the unconstrained space, transform Jacobians
-   included), preconditioned with the finite-difference Hessian at the start point. The start is
-   the truth, as in the paper (Sec. 5.3: "we use an MCMC to sample the posterior parameter space
-   near the truth label"). Checkpoint ``map.npz``.
-2. **Laplace metric**: the Hessian of the potential at the MAP by central finite differences of
-   the compiled gradient (2 d evaluations), regularised to be positive definite; its inverse is
-   NUTS's dense inverse mass matrix, and the chains start at MAP + ``init_jitter`` x a draw from
-   that Gaussian (so that R-hat can see chains that fail to mix). Also in ``map.npz``.
+1. **MAP** (:func:`~skinn_jax.inference.fit.map.find_map`): optax's L-BFGS with its zoom line
+   search on NumPyro's potential (minus the log posterior in the unconstrained space, transform
+   Jacobians included), in coordinates whitened by the Laplace covariance at the start, then
+   Newton refinements. The start is the truth, as in the paper (Sec. 5.3: "we use an MCMC to
+   sample the posterior parameter space near the truth label"). Checkpoint ``map.npz``.
+2. **Laplace metric**: the Hessian of the potential at the MAP (exact Hessian-vector products,
+   or finite differences for a large ``laplace_step``), regularised to be positive definite; its
+   inverse is NUTS's dense inverse mass matrix, and the chains start at MAP + ``init_jitter`` x a
+   draw from that Gaussian (so that R-hat can see chains that fail to mix). Also in ``map.npz``.
 3. **Warm-up**: NUTS (``numpyro.infer.NUTS``, dense mass matrix) adapting the step size (and the
    mass matrix only if ``adapt_mass_matrix``: with short warm-ups, windowed estimates of a dense
-   ~35 x 35 matrix are worse than the Laplace one). Checkpoint ``warmup_state.pkl``.
+   ~35 x 35 matrix are worse than the Laplace one), run by :class:`~.chains.Chains` (one
+   compiled loop for the warm-up and every sampling chunk). Checkpoint ``warmup_state.pkl``.
 4. **Sampling** in ``sample_chunks`` chunks, each continuing from the previous chunk's NUTS state;
    checkpoint ``chunk_<i>.npz`` + ``chunk_<i>_state.pkl`` after each. Then the **convergence
    policy** (:mod:`skinn_jax.inference.convergence`, on by default): while some sampled or
@@ -58,6 +59,7 @@ import numpy as np
 from ..convergence import budget_left
 from ..data import SystemData
 from ..model import MODEL_VERSION, ModelSetup, model, site_names
+from .chains import Chains, loop_length
 from .map import MapResult, Potential, find_map, make_potential, parameter_boxes, time_evaluation
 from .report import assess_draws, load_result, reported_names, write_outputs
 from .settings import (
@@ -113,8 +115,7 @@ def _nuts_kernel(
 ):
     from numpyro.infer import NUTS
 
-    # the data and set-up are bound into the model (no model arguments): MCMC then caches its
-    # compiled sampler across warm-up and sampling chunks instead of recompiling each run
+    # the data and set-up are bound into the model (no model arguments, as Chains wants)
     return NUTS(
         partial(model, data, setup),
         dense_mass=True,
@@ -125,7 +126,20 @@ def _nuts_kernel(
     )
 
 
-EXTRA_FIELDS = ("diverging", "num_steps", "accept_prob", "energy", "potential_energy")
+def _advance(chains: Chains, state, n: int, desc: str, progress: bool):
+    """``n`` iterations of every chain (a multiple of ``chains.length``, the last call may run
+    past ``n``: ``n`` rounded up): ``(state, samples, extra)`` with the draws concatenated,
+    NumPy arrays ``(num_chains, n, ...)``."""
+    from tqdm import tqdm
+
+    parts = []
+    with tqdm(total=n, desc=f"  {desc}", disable=not progress, leave=False) as bar:
+        for _ in range(math.ceil(n / chains.length)):
+            state, samples, extra = chains.run(state)
+            parts.append(_to_numpy((samples, extra)))
+            bar.update(chains.length)
+    samples, extra = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1)[:, :n], *parts)
+    return state, samples, extra
 
 
 def _initial_params(pot: Potential, fit_map: MapResult, settings: FitSettings) -> dict:
@@ -136,8 +150,6 @@ def _initial_params(pot: Potential, fit_map: MapResult, settings: FitSettings) -
         for _ in range(settings.num_chains)
     ]
     unravelled = [pot.unravel(jnp.asarray(s)) for s in starts]
-    if settings.num_chains == 1:  # NumPyro wants no chain dimension for a single chain
-        return unravelled[0]
     return {k: jnp.stack([u[k] for u in unravelled]) for k in unravelled[0]}
 
 
@@ -219,8 +231,6 @@ def fit(
 
 
 def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> FitResult:
-    from numpyro.infer import MCMC
-
     timings = state["timings"]
     t_start = time.perf_counter()
     map_path = out_dir / "map.npz"
@@ -276,15 +286,9 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
     kernel = _nuts_kernel(data, setup, pot, fit_map.covariance, settings)
     warm_path = out_dir / "warmup_state.pkl"
     chunk_size = math.ceil(settings.num_samples / settings.sample_chunks)
-    mcmc = MCMC(
-        kernel,
-        num_warmup=settings.num_warmup,
-        num_samples=chunk_size,
-        num_chains=settings.num_chains,
-        chain_method=chain_method,
-        progress_bar=settings.progress_bar and not quiet,
-    )
-    rng_key = jax.random.PRNGKey(settings.seed)
+    length = loop_length(settings.num_warmup, chunk_size) if settings.num_warmup else chunk_size
+    chains = Chains(kernel, settings.num_warmup, length, settings.num_chains, chain_method)
+    show = settings.progress_bar and not quiet
     if warm_path.exists():
         with warm_path.open("rb") as f:
             saved = pickle.load(f)
@@ -299,14 +303,11 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
             quiet,
         )
         t = time.perf_counter()
-        mcmc.warmup(
-            rng_key,
-            extra_fields=("num_steps", "diverging"),
-            collect_warmup=True,
-            init_params=_initial_params(pot, fit_map, settings),
+        warm_state = chains.init(
+            jax.random.PRNGKey(settings.seed), _initial_params(pot, fit_map, settings)
         )
-        warm_state = jax.block_until_ready(mcmc.post_warmup_state)
-        extra = mcmc.get_extra_fields(group_by_chain=True)
+        warm_state, _, extra = _advance(chains, warm_state, settings.num_warmup, "warm-up", show)
+        warm_state = jax.block_until_ready(warm_state)
         warm_stats = {
             "seconds": time.perf_counter() - t,
             "num_steps": int(np.sum(extra["num_steps"])),
@@ -360,14 +361,12 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
             continue
         _log(f"  sampling chunk {label}: {chunk_size} draws per chain", quiet)
         t = time.perf_counter()
-        mcmc.post_warmup_state = chain_state
-        mcmc.run(chain_state.rng_key, extra_fields=EXTRA_FIELDS)
-        samples = jax.block_until_ready(mcmc.get_samples(group_by_chain=True))
-        extra = mcmc.get_extra_fields(group_by_chain=True)
-        chunk = {f"sample/{k}": np.asarray(v) for k, v in samples.items()}
-        chunk.update({f"extra/{k}": np.asarray(v) for k, v in extra.items()})
+        chain_state, samples, extra = _advance(
+            chains, chain_state, chunk_size, f"sampling {label}", show
+        )
+        chunk = {f"sample/{k}": v for k, v in samples.items()}
+        chunk.update({f"extra/{k}": v for k, v in extra.items()})
         chunk["seconds"] = np.asarray(time.perf_counter() - t)
-        chain_state = mcmc.last_state
         tmp = out_dir / f"chunk_{i}.tmp.npz"
         np.savez(tmp, **chunk)
         with (out_dir / f"chunk_{i}_state.tmp").open("wb") as f:

@@ -237,15 +237,18 @@ class LbfgsResult(NamedTuple):
 @lru_cache(maxsize=4)
 def _lbfgs_step(fun, memory_size: int):
     """The compiled L-BFGS iteration (optax's L-BFGS and zoom line search) of ``fun``, cached so
-    that repeated runs on one function (MAP, then Newton refinements) compile it once."""
+    that repeated runs on one function (MAP, then Newton refinements) compile it once.
+
+    The value and gradient at ``x`` are the state's (from the previous line search, or set at the
+    start by :func:`lbfgs`): the potential and its gradient appear once in the compiled step, in
+    the line search."""
     import optax
 
     opt = optax.lbfgs(memory_size=memory_size)
-    value_and_grad = optax.value_and_grad_from_state(fun)
 
     @jax.jit
     def step(x, state, fn_kwargs):
-        value, grad = value_and_grad(x, state=state, **fn_kwargs)
+        value, grad = optax.tree.get(state, "value"), optax.tree.get(state, "grad")
         updates, state = opt.update(
             grad, state, x, value=value, grad=grad, value_fn=fun, **fn_kwargs
         )
@@ -254,11 +257,26 @@ def _lbfgs_step(fun, memory_size: int):
     return opt, step
 
 
+def _strongly_typed(state):
+    """``state`` with every weakly typed leaf made strongly typed, as ``optax.lbfgs``'s update
+    returns them (its initial state holds weak scalars, the line search's info): without this the
+    first and second iterations compile the whole step twice."""
+    return jax.tree.map(
+        lambda leaf: (
+            jax.lax.convert_element_type(leaf, leaf.dtype)
+            if getattr(leaf, "weak_type", False)
+            else leaf
+        ),
+        state,
+    )
+
+
 def lbfgs(
     fun,
     x0: np.ndarray,
     *,
     fn_kwargs: dict | None = None,
+    start: tuple[float, np.ndarray] | None = None,
     max_steps: int = 100,
     tol: float = 1e-4,
     memory_size: int = 10,
@@ -271,6 +289,15 @@ def lbfgs(
     Stops when the value decreases by less than ``tol`` over an iteration, when an iteration does
     not decrease it (the line search found no acceptable step), or after ``max_steps``
     iterations; a non-finite trial value is rejected by the line search.
+
+    Args:
+        fun: the objective.
+        x0: start, shape (d,).
+        fn_kwargs: keyword arguments of ``fun`` (arrays).
+        start: ``(value, gradient)`` of ``fun`` at ``x0`` if the caller has them (e.g. from a
+            compiled potential); None: computed here (one more compilation).
+        max_steps, tol, memory_size: see above; ``memory_size`` pairs of L-BFGS history.
+        progress, desc: a tqdm bar and its label.
     """
     import optax
     from tqdm import tqdm
@@ -278,8 +305,13 @@ def lbfgs(
     fn_kwargs = {k: jnp.asarray(v) for k, v in (fn_kwargs or {}).items()}
     opt, step = _lbfgs_step(fun, memory_size)
     x = jnp.asarray(x0)
-    state = opt.init(x)
-    value = value_start = float(fun(x, **fn_kwargs))
+    if start is None:
+        start = jax.jit(jax.value_and_grad(fun))(x, **fn_kwargs)
+    value = value_start = float(start[0])
+    state = optax.tree.set(
+        opt.init(x), value=jnp.asarray(value, x.dtype), grad=jnp.asarray(start[1], x.dtype)
+    )
+    state = _strongly_typed(state)
     n_evals, n_steps, converged = 1, 0, False
     bar = tqdm(total=max_steps, desc=desc, disable=not progress)
     for _ in range(max_steps):
@@ -324,6 +356,7 @@ def find_map(pot: Potential, settings: FitSettings, quiet: bool = False) -> MapR
         whitened,
         np.zeros(d),
         fn_kwargs={"ref": z0, "chol": chol},
+        start=_whitened_start(vg, z0, chol),
         max_steps=settings.map_max_steps,
         tol=settings.map_tol,
         progress=settings.progress_bar and not quiet,
@@ -341,7 +374,7 @@ def find_map(pot: Potential, settings: FitSettings, quiet: bool = False) -> MapR
             break
         chol = np.linalg.cholesky(cov)
         newton = lbfgs(whitened, np.zeros(d), fn_kwargs={"ref": z_map, "chol": chol},
-                       max_steps=1, tol=0.0)  # fmt: skip
+                       start=_whitened_start(vg, z_map, chol), max_steps=1, tol=0.0)  # fmt: skip
         n_evals += newton.n_evals
         if newton.value >= newton.value_start:
             break
@@ -360,6 +393,13 @@ def find_map(pot: Potential, settings: FitSettings, quiet: bool = False) -> MapR
         n_negative=n_negative,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _whitened_start(value_and_grad, ref: np.ndarray, chol: np.ndarray) -> tuple[float, np.ndarray]:
+    """Value and gradient of ``w -> potential(ref + chol w)`` at ``w = 0``, by the compiled
+    ``value_and_grad`` of the potential."""
+    value, grad = value_and_grad(jnp.asarray(ref))
+    return float(value), chol.T @ np.asarray(grad)
 
 
 @lru_cache(maxsize=4)

@@ -32,8 +32,8 @@ class FitSettings:
             show up as a multimodality between chains).
         chain_method: ``"parallel"`` (one host device per chain), ``"sequential"``,
             ``"vectorized"`` or ``"auto"`` (parallel if there are enough devices).
-        sample_chunks: sampling is split into this many checkpointed chunks (NumPyro compiles
-            its sampler again for every chunk: ~10-40 s each on 2 CPU cores).
+        sample_chunks: sampling is split into this many checkpointed chunks (one compiled
+            loop serves them all, :class:`~skinn_jax.inference.fit.chains.Chains`).
         map_max_steps: L-BFGS iterations at most.
         map_tol: stop when the potential decreases by less than this over an iteration.
         map_newton_steps: Newton steps (whitened Laplace Hessian, zoom line search) after

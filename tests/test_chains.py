@@ -1,0 +1,88 @@
+"""NUTS chains advanced by one compiled loop (``skinn_jax.inference.fit.chains``) and the
+L-BFGS step compiled once (``skinn_jax.inference.fit.map.lbfgs``)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.infer import NUTS
+
+from skinn_jax.inference.fit.chains import EXTRA_FIELDS, Chains, loop_length
+from skinn_jax.inference.fit.map import _lbfgs_step, lbfgs
+
+MEAN, SCALE = np.array([1.0, -2.0]), np.array([0.5, 2.0])
+
+
+def gaussian():
+    x = numpyro.sample("x", dist.Normal(jnp.asarray(MEAN), jnp.asarray(SCALE)).to_event(1))
+    numpyro.deterministic("x_sum", x.sum())
+
+
+def _chains(method: str, num_chains: int = 2) -> Chains:
+    return Chains(NUTS(gaussian), num_warmup=40, length=20, num_chains=num_chains,
+                  chain_method=method)  # fmt: skip
+
+
+def _draws(chains: Chains, n_runs: int):
+    init = {"x": jnp.zeros((chains.num_chains, 2))}
+    state = chains.init(jax.random.PRNGKey(3), init)
+    runs = [chains.run(state)]
+    for _ in range(n_runs - 1):
+        runs.append(chains.run(runs[-1][0]))
+    return runs
+
+
+def test_warm_up_and_sampling_share_one_compiled_loop_and_draw_the_target():
+    chains = _chains("vectorized", num_chains=2)
+    runs = _draws(chains, 2 + 30)  # 2 x 20 warm-up iterations, then 600 draws per chain
+    assert chains._run._cache_size() == 1  # one compilation for warm-up and every chunk
+    state = runs[-1][0]
+    np.testing.assert_array_equal(np.asarray(state.i), [40 + 600] * 2)
+    samples = {k: np.concatenate([r[1][k] for r in runs[2:]], axis=1) for k in runs[0][1]}
+    extra = {k: np.concatenate([r[2][k] for r in runs[2:]], axis=1) for k in EXTRA_FIELDS}
+    assert samples["x"].shape == (2, 600, 2) and extra["num_steps"].shape == (2, 600)
+    np.testing.assert_allclose(samples["x_sum"], samples["x"].sum(-1), rtol=1e-6)
+    x = samples["x"].reshape(-1, 2)
+    assert np.all(np.abs(x.mean(0) - MEAN) < 4 * SCALE / np.sqrt(300)), x.mean(0)
+    np.testing.assert_allclose(x.std(0), SCALE, rtol=0.15)
+    # the step size was adapted during the first 40 iterations only
+    step = [np.asarray(r[0].adapt_state.step_size) for r in runs]
+    assert not np.allclose(step[0], step[1]) and np.allclose(step[2], step[-1])
+
+
+def test_sequential_and_vectorized_chains_draw_the_same_numbers():
+    with jax.enable_x64(True):  # (float32 round-off grows along a chain to ~1e-3)
+        seq, vec = (_draws(_chains(m), 3) for m in ("sequential", "vectorized"))
+    np.testing.assert_allclose(seq[-1][1]["x"], vec[-1][1]["x"], rtol=1e-9, atol=1e-9)
+
+
+def test_chains_refuse_bad_options():
+    with pytest.raises(ValueError, match="chain_method"):
+        Chains(NUTS(gaussian), 10, 5, chain_method="pmap")
+    with pytest.raises(ValueError, match="devices"):
+        Chains(NUTS(gaussian), 10, 5, num_chains=jax.local_device_count() + 1,
+               chain_method="parallel")  # fmt: skip
+    with pytest.raises(ValueError, match="length = 0"):
+        Chains(NUTS(gaussian), 10, 0)
+
+
+@pytest.mark.parametrize("warmup, chunk, expected", [(150, 300, 25), (8, 6, 2), (7, 300, 1)])
+def test_loop_length_divides_the_warm_up_and_the_chunks(warmup, chunk, expected):
+    assert loop_length(warmup, chunk) == expected
+
+
+def test_lbfgs_compiles_its_step_once():
+    """optax's initial L-BFGS state is weakly typed where its update is not; without the cast the
+    first two iterations compiled the step twice."""
+
+    def fun(w, *, ref, scale):
+        return jnp.sum(((ref + w) - 1.0) ** 2 * scale)
+
+    kwargs = {"ref": jnp.zeros(3), "scale": jnp.arange(1.0, 4.0)}
+    run = lbfgs(fun, np.zeros(3), fn_kwargs=kwargs, max_steps=20, tol=1e-12)
+    np.testing.assert_allclose(run.x, 1.0, atol=1e-5)
+    assert run.n_steps > 2 and _lbfgs_step(fun, 10)[1]._cache_size() == 1

@@ -494,6 +494,8 @@ def _fit_mock_settings(args):
     ):
         if value is not None:
             changes[name] = value
+    if args.samples is not None and args.chunks is None:  # fewer draws than default chunks
+        changes["sample_chunks"] = min(settings.sample_chunks, args.samples)
     if changes.get("sample_chunks", 1) > changes.get("num_samples", settings.num_samples):
         raise UsageError(
             f"argument --chunks: {changes['sample_chunks']} chunks of "

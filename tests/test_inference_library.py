@@ -12,7 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from skinn_jax.inference.fit.map import hessian_columns, lbfgs, whitened_covariance
+from skinn_jax.inference.fit.map import (
+    difference_hessian,
+    hessian_columns,
+    lbfgs,
+    whitened_covariance,
+)
 from skinn_jax.inference.lensing.solver import damped_newton, implicit_log_jacobian, newton
 from skinn_jax.inference.model import (
     MODE_BLOCKS,
@@ -88,6 +93,11 @@ def test_exact_whitened_hessian_inverts_a_non_quadratic_potential():
                                        max_variance=100.0, potential=potential)  # fmt: skip
     np.testing.assert_allclose(cov, np.linalg.inv(hess), rtol=1e-10)
     assert n_fixed == 0
+    # the fits' default: central differences of the compiled gradient (no Hessian compiled)
+    diff = difference_hessian(value_and_grad, np.asarray(z), np.eye(3) * 1e-4) / 1e-4
+    np.testing.assert_allclose(diff, hess, rtol=1e-6)
+    cov_diff, _ = whitened_covariance(value_and_grad, np.asarray(z), chol, 1e-3, max_variance=100.0)
+    np.testing.assert_allclose(cov_diff, np.linalg.inv(hess), rtol=1e-6)
 
 
 def test_modes_are_compositions_of_blocks_from_one_table():

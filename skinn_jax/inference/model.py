@@ -134,7 +134,7 @@ from .kinematics import (
     load_emulator,
     sky_params,
 )
-from .lensing.imaging import ImagingModel, ImagingSettings
+from .lensing.imaging import ImagingModel, ImagingSettings, quasar_windows
 from .lensing.lens import SOLVED, log_epl_jacobian, solved_lens_params, solver_start_vector
 from .priors import (
     DEFAULT_PRIORS,
@@ -155,7 +155,7 @@ N_IMAGES = 4
 
 DEFAULT_IMAGING = ImagingSettings()
 
-MODEL_VERSION = 5
+MODEL_VERSION = 6
 """Version of the model, part of every fit's fingerprint (what changed in each version:
 CHANGELOG.md, "Model versions")."""
 
@@ -283,7 +283,11 @@ def build_setup(
     check_inputs(data, priors, imaging_settings)
     if quad_nodes is not None:
         imaging_settings = replace(imaging_settings, quad_nodes=int(quad_nodes))
-    imaging = ImagingModel(imaging_settings) if uses_imaging(mode) else None
+    imaging = (
+        ImagingModel(imaging_settings, model_quasar_windows(data, priors, imaging_settings))
+        if uses_imaging(mode)
+        else None
+    )
     kinematics = None
     if uses_kinematics(mode):
         if field is None:
@@ -312,6 +316,25 @@ def build_setup(
         solver_start=solver_start_vector(data, solver_start, imaging),
         z_d=data.kinematics.z_d,
     )
+
+
+CENTRAL_IMAGE_OFFSET = 0.1
+"""Largest distance (arcsec) of the quasar's central image from the lens centre (it lies inside
+the mass's core, 0.08", where the source maps near the centre)."""
+
+
+def model_quasar_windows(data: SystemData, priors: Priors, imaging_settings: ImagingSettings):
+    """The windows in which the model draws the quasar's images
+    (:func:`~skinn_jax.inference.lensing.imaging.quasar_windows`): around the measured outer
+    positions (their prior box ``ps_offset``) and the middle of the lens-centre box (its half
+    diagonal plus :data:`CENTRAL_IMAGE_OFFSET`), plus the PSF kernel's reach."""
+    cx, cy = priors.center_x, priors.center_y
+    half_width = max(
+        max(abs(v) for v in priors.ps_offset),
+        0.5 * math.hypot(cx[1] - cx[0], cy[1] - cy[0]) + CENTRAL_IMAGE_OFFSET,
+    )
+    central = (0.5 * (cx[0] + cx[1]), 0.5 * (cy[0] + cy[1]))
+    return quasar_windows(imaging_settings, data.image_positions, central, half_width)
 
 
 def check_inputs(data: SystemData, priors: Priors, imaging_settings: ImagingSettings) -> None:

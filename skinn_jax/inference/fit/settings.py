@@ -38,10 +38,12 @@ class FitSettings:
         map_tol: stop when the potential decreases by less than this over an iteration.
         map_newton_steps: Newton steps (whitened Laplace Hessian, zoom line search) after
             L-BFGS.
-        laplace_step: step of the whitened Hessians, in units of the current σ: up to
-            ``EXACT_HESSIAN_MAX_STEP`` (0.01) the exact Hessian (autodiff); larger steps are
-            finite differences (~0.5 averages the curvature across kinks of the prior, e.g. the
+        laplace_step: step of the whitened Hessians' central differences, in units of the
+            current σ (~0.5 averages the curvature across kinks of the prior, e.g. the
             tent-shaped prior of the kinematics mode's distance ratio).
+        exact_hessian: Hessians by autodiff (Hessian-vector products) where ``laplace_step``
+            is at most ``EXACT_HESSIAN_MAX_STEP`` (0.01), instead of differences of the
+            compiled gradient (compiling them costs ~100 s for the joint model on 2 cores).
         adapt_mass_matrix: also adapt the (dense) mass matrix during warm-up.
         init_jitter: chains start at MAP + init_jitter x (draw from the Laplace Gaussian).
         target_accept_prob: NUTS target acceptance probability.
@@ -60,14 +62,15 @@ class FitSettings:
     """
 
     num_warmup: int = 150
-    num_samples: int = 300
+    num_samples: int = 200
     num_chains: int = 4
     chain_method: str = "auto"
-    sample_chunks: int = 1
+    sample_chunks: int = 2
     map_max_steps: int = 100
     map_tol: float = 1e-4
     map_newton_steps: int = 6
     laplace_step: float = 1e-3
+    exact_hessian: bool = False
     adapt_mass_matrix: bool = False
     init_jitter: float = 0.3
     target_accept_prob: float = 0.9
@@ -122,7 +125,7 @@ def default_settings(mode: str = "joint") -> FitSettings:
 
     With the convergence policy (:class:`FitSettings`, on by default: 4 chains, R-hat <= 1.01,
     bulk and tail ESS >= 400) the run extends itself from these first draws in chunks of the same
-    size.
+    size (100 draws per chain: chunks cost no compilation, so a converged fit stops early).
 
     Lensing and joint fits (near-Gaussian posteriors after the lens-solver reparametrisation)
     keep the Laplace metric (a windowed dense adaptation over 250 warm-up iterations was slower:
@@ -132,7 +135,11 @@ def default_settings(mode: str = "joint") -> FitSettings:
     """
     if mode == "kinematics":
         return FitSettings(
-            num_warmup=300, num_samples=300, adapt_mass_matrix=True, laplace_step=0.5
+            num_warmup=300,
+            num_samples=300,
+            sample_chunks=3,
+            adapt_mass_matrix=True,
+            laplace_step=0.5,
         )
     return FitSettings()
 

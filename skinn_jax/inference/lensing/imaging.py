@@ -15,6 +15,9 @@ kernel is the Moffat integrated over each pixel (5 x 5 sub-samples), 21 x 21 pix
 (the quasar's images) are not drawn with Herculens's ``PointSourceModel``, which interpolates the
 pixel kernel bilinearly (a likelihood with kinks at pixel boundaries, poor for HMC): each image is
 the analytic Moffat integrated over the pixels (5 x 5 sub-samples), smooth in its position.
+The inference model draws each image only inside a static window (:class:`QuasarWindows`: the
+image's prior box plus the PSF kernel's reach, ~27 x 27 pixels instead of the whole image); mocks
+draw them over the whole image.
 """
 
 from __future__ import annotations
@@ -161,14 +164,73 @@ class LensParams(NamedTuple):
     ps_central_amp: ArrayLike
 
 
+class QuasarWindows(NamedTuple):
+    """Static pixel windows in which :class:`ImagingModel` draws the quasar's five images.
+
+    Build them with :func:`quasar_windows`. Attributes (``k = 5`` images: the four outer ones,
+    then the central one; ``m`` pixels per window side; ``s`` sub-pixels per pixel side):
+
+    Attributes:
+        x, y: sub-pixel centres of each window, arcsec, shape ``(k, m, m, s, s)``.
+        index: flat pixel index (row-major, ``n_pix²``) of each window pixel, ``(k, m, m)``.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    index: np.ndarray
+
+
+def quasar_windows(
+    settings: ImagingSettings,
+    outer: ArrayLike,
+    central: tuple[float, float],
+    half_width: float,
+) -> QuasarWindows:
+    """Windows around the outer images' measured positions and the central image's expected one.
+
+    Each window is a square of ``2 h + 1`` pixels, ``h = ceil(half_width / pixel_scale) +
+    psf_half_size``, shifted inside the image where it would leave it: it holds every pixel within
+    the PSF kernel's reach (``psf_half_size`` pixels, the extended light's kernel too) of an image
+    up to ``half_width`` arcsec from its centre (the prior box of the sampled positions).
+
+    Args:
+        settings: the imaging settings.
+        outer: measured positions of the outer images, arcsec, shape ``(4, 2)`` (x, y).
+        central: where the central image is expected (the middle of the lens-centre box), arcsec.
+        half_width: largest distance of an image from its window centre, arcsec.
+
+    Returns:
+        The :class:`QuasarWindows`.
+    """
+    n, pix = settings.n_pix, settings.pixel_scale
+    h = int(math.ceil(half_width / pix)) + settings.psf_half_size
+    m = min(2 * h + 1, n)
+    origin = -0.5 * (n - 1) * pix
+    centres = np.vstack([np.asarray(outer, float).reshape(-1, 2), np.asarray(central, float)])
+    sub = _sub_offsets(settings.ps_supersampling) * pix
+    xs, ys, index = [], [], []
+    for cx, cy in centres:
+        j0 = int(np.clip(round((cx - origin) / pix) - h, 0, n - m))
+        i0 = int(np.clip(round((cy - origin) / pix) - h, 0, n - m))
+        rows, cols = np.meshgrid(np.arange(i0, i0 + m), np.arange(j0, j0 + m), indexing="ij")
+        x, y = origin + cols * pix, origin + rows * pix
+        xs.append(x[..., None, None] + sub[None, None, None, :])
+        ys.append(y[..., None, None] + sub[None, None, :, None])
+        index.append(rows * n + cols)
+    return QuasarWindows(np.stack(xs), np.stack(ys), np.stack(index))
+
+
 class ImagingModel:
     """Static imaging set-up: Herculens ``LensImage`` for the extended light + analytic quasar.
 
     Args:
         settings: the :class:`ImagingSettings`.
+        windows: draw the quasar's five images only inside these windows (the inference
+            model's choice); None: over the whole image (mocks).
 
     Attributes:
         settings: the settings.
+        windows: the :class:`QuasarWindows` or None.
         grid: Herculens ``PixelGrid`` (centred on (0, 0), x to the right).
         kernel: pixel PSF kernel (sums to one).
         lens_image: Herculens ``LensImage`` (mass: cored power law + shear; lens light and
@@ -176,7 +238,9 @@ class ImagingModel:
         mass_profile: the :class:`CoredPowerLaw` instance.
     """
 
-    def __init__(self, settings: ImagingSettings = ImagingSettings()):
+    def __init__(
+        self, settings: ImagingSettings = ImagingSettings(), windows: QuasarWindows | None = None
+    ):
         from herculens.Coordinates.pixel_grid import PixelGrid
         from herculens.Instrument.psf import PSF
         from herculens.LensImage.lens_image import LensImage
@@ -185,6 +249,7 @@ class ImagingModel:
         from herculens.MassModel.Profiles.shear import Shear
 
         self.settings = settings
+        self.windows = windows
         n, pix = settings.n_pix, settings.pixel_scale
         origin = -0.5 * (n - 1) * pix
         self.grid = PixelGrid(n, n, np.diag([pix, pix]), origin, origin)
@@ -353,11 +418,7 @@ class ImagingModel:
 
     def model_image(self, p: LensParams) -> Array:
         """The full noiseless image: lens light, arcs, four quasar images and the central one."""
-        xc, yc = self.central_image(p)
-        xs = jnp.concatenate([jnp.atleast_1d(p.ps_x), xc[None]])
-        ys = jnp.concatenate([jnp.atleast_1d(p.ps_y), yc[None]])
-        amps = jnp.concatenate([jnp.atleast_1d(p.ps_amp), jnp.atleast_1d(p.ps_central_amp)])
-        return self.extended_image(p) + self.point_source_image(xs, ys, amps)
+        return self.extended_image(p) + self.point_sources_only(p)
 
     def noise_variance(self, model: ArrayLike, point_sources: ArrayLike | None = None) -> Array:
         """Per-pixel variance (counts/s)²: background² + shot noise + PSF-model error.
@@ -375,12 +436,24 @@ class ImagingModel:
         return var
 
     def point_sources_only(self, p: LensParams) -> Array:
-        """The five quasar images alone (outer four and the central one), counts/s per pixel."""
+        """The five quasar images alone (outer four and the central one), counts/s per pixel:
+        inside :attr:`windows` if set, else over the whole image."""
         xc, yc = self.central_image(p)
         xs = jnp.concatenate([jnp.atleast_1d(p.ps_x), xc[None]])
         ys = jnp.concatenate([jnp.atleast_1d(p.ps_y), yc[None]])
         amps = jnp.concatenate([jnp.atleast_1d(p.ps_amp), jnp.atleast_1d(p.ps_central_amp)])
-        return self.point_source_image(xs, ys, amps)
+        if self.windows is None:
+            return self.point_source_image(xs, ys, amps)
+        s, w = self.settings, self.windows
+        dx = jnp.asarray(w.x) - xs[:, None, None, None, None]
+        dy = jnp.asarray(w.y) - ys[:, None, None, None, None]
+        psf = moffat(dx, dy, s.psf_fwhm, s.psf_beta).mean(axis=(-2, -1)) * s.pixel_scale**2
+        flat = (
+            jnp.zeros(s.n_pix**2, psf.dtype)
+            .at[w.index.ravel()]
+            .add((amps[:, None, None] * psf).ravel())
+        )
+        return flat.reshape(s.n_pix, s.n_pix)
 
     # -- lens equation and time delays ----------------------------------------------------------
 

@@ -7,8 +7,9 @@
    Jacobians included), in coordinates whitened by the Laplace covariance at the start, then
    Newton refinements. The start is the truth, as in the paper (Sec. 5.3: "we use an MCMC to
    sample the posterior parameter space near the truth label"). Checkpoint ``map.npz``.
-2. **Laplace metric**: the Hessian of the potential at the MAP (exact Hessian-vector products,
-   or finite differences for a large ``laplace_step``), regularised to be positive definite; its
+2. **Laplace metric**: the Hessian of the potential at the MAP (central differences of the
+   compiled gradient in whitened coordinates; exact Hessian-vector products with
+   ``exact_hessian``), regularised to be positive definite; its
    inverse is NUTS's dense inverse mass matrix, and the chains start at MAP + ``init_jitter`` x a
    draw from that Gaussian (so that R-hat can see chains that fail to mix). Also in ``map.npz``.
 3. **Warm-up**: NUTS (``numpyro.infer.NUTS``, dense mass matrix) adapting the step size (and the
@@ -127,18 +128,20 @@ def _nuts_kernel(
 
 
 def _advance(chains: Chains, state, n: int, desc: str, progress: bool):
-    """``n`` iterations of every chain (a multiple of ``chains.length``, the last call may run
-    past ``n``: ``n`` rounded up): ``(state, samples, extra)`` with the draws concatenated,
-    NumPy arrays ``(num_chains, n, ...)``."""
+    """``n`` iterations of every chain (a multiple of ``chains.length``, :func:`loop_length`):
+    ``(state, samples, extra)`` with the draws concatenated, NumPy arrays
+    ``(num_chains, n, ...)`` (empty dicts for ``n = 0``)."""
     from tqdm import tqdm
 
+    if n == 0:
+        return state, {}, {}
     parts = []
     with tqdm(total=n, desc=f"  {desc}", disable=not progress, leave=False) as bar:
-        for _ in range(math.ceil(n / chains.length)):
+        for _ in range(n // chains.length):
             state, samples, extra = chains.run(state)
             parts.append(_to_numpy((samples, extra)))
             bar.update(chains.length)
-    samples, extra = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1)[:, :n], *parts)
+    samples, extra = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts)
     return state, samples, extra
 
 
@@ -286,7 +289,7 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
     kernel = _nuts_kernel(data, setup, pot, fit_map.covariance, settings)
     warm_path = out_dir / "warmup_state.pkl"
     chunk_size = math.ceil(settings.num_samples / settings.sample_chunks)
-    length = loop_length(settings.num_warmup, chunk_size) if settings.num_warmup else chunk_size
+    length = loop_length(settings.num_warmup, chunk_size)  # divides both
     chains = Chains(kernel, settings.num_warmup, length, settings.num_chains, chain_method)
     show = settings.progress_bar and not quiet
     if warm_path.exists():
@@ -310,8 +313,8 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
         warm_state = jax.block_until_ready(warm_state)
         warm_stats = {
             "seconds": time.perf_counter() - t,
-            "num_steps": int(np.sum(extra["num_steps"])),
-            "divergences": int(np.sum(extra["diverging"])),
+            "num_steps": int(np.sum(extra.get("num_steps", 0))),
+            "divergences": int(np.sum(extra.get("diverging", 0))),
         }
         with (out_dir / "warmup_state.tmp").open("wb") as f:
             pickle.dump({"state": _to_numpy(warm_state), "stats": warm_stats}, f)

@@ -16,7 +16,7 @@ kernel is the Moffat integrated over each pixel (5 x 5 sub-samples), 21 x 21 pix
 pixel kernel bilinearly (a likelihood with kinks at pixel boundaries, poor for HMC): each image is
 the analytic Moffat integrated over the pixels (5 x 5 sub-samples), smooth in its position.
 The inference model draws each image only inside a static window (:class:`QuasarWindows`: the
-image's prior box plus the PSF kernel's reach, ~27 x 27 pixels instead of the whole image); mocks
+image's prior box plus the PSF kernel's reach, 33 x 33 of the 70 x 70 pixels by default); mocks
 draw them over the whole image.
 """
 
@@ -351,12 +351,17 @@ class ImagingModel:
             x_img, y_img: image positions, arcsec, shape (k,).
             amp: image fluxes, counts/s, shape (k,).
         """
-        s = self.settings
         x_img, y_img, amp = (jnp.atleast_1d(jnp.asarray(a)) for a in (x_img, y_img, amp))
-        dx = jnp.asarray(self._ps_x)[None] - x_img[:, None, None, None, None]
-        dy = jnp.asarray(self._ps_y)[None] - y_img[:, None, None, None, None]
-        psf = moffat(dx, dy, s.psf_fwhm, s.psf_beta).mean(axis=(-2, -1)) * s.pixel_scale**2
+        psf = self._pixel_psf(self._ps_x[None], self._ps_y[None], x_img, y_img)
         return jnp.tensordot(amp, psf, axes=1)
+
+    def _pixel_psf(self, x_sub, y_sub, x_img: Array, y_img: Array) -> Array:
+        """Unit-flux Moffat of images at ``(x_img, y_img)`` (k,) integrated over pixels whose
+        sub-pixel centres are ``x_sub, y_sub`` (``(k or 1, ..., s, s)``, arcsec): ``(k, ...)``."""
+        s = self.settings
+        dx = jnp.asarray(x_sub) - x_img[:, None, None, None, None]
+        dy = jnp.asarray(y_sub) - y_img[:, None, None, None, None]
+        return moffat(dx, dy, s.psf_fwhm, s.psf_beta).mean(axis=(-2, -1)) * s.pixel_scale**2
 
     def central_image(self, p: LensParams, n_iter: int = 10) -> tuple[Array, Array]:
         """Position of the quasar's central (core) image: Newton iterations from the lens centre.
@@ -445,9 +450,7 @@ class ImagingModel:
         if self.windows is None:
             return self.point_source_image(xs, ys, amps)
         s, w = self.settings, self.windows
-        dx = jnp.asarray(w.x) - xs[:, None, None, None, None]
-        dy = jnp.asarray(w.y) - ys[:, None, None, None, None]
-        psf = moffat(dx, dy, s.psf_fwhm, s.psf_beta).mean(axis=(-2, -1)) * s.pixel_scale**2
+        psf = self._pixel_psf(w.x, w.y, xs, ys)
         flat = (
             jnp.zeros(s.n_pix**2, psf.dtype)
             .at[w.index.ravel()]

@@ -6,6 +6,7 @@ kinematics-only end-to-end fit of a few draws) so the module runs in about a min
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -40,6 +41,7 @@ from skinn_jax.inference.model import (
     RATIO,
     RATIO_SITE,
     RATIO_THETA_E_SITE,
+    THETA_E_FRACTION_SITE,
     build_setup,
     log_density,
     model,
@@ -47,11 +49,14 @@ from skinn_jax.inference.model import (
 )
 from skinn_jax.inference.priors import (
     Priors,
+    fraction_from_log_theta_E,
     kinematic_scale_coordinates,
     log_kinematic_scale_prior,
+    log_light_shape_prior,
     log_ratio_box,
     log_ratio_prior,
     log_theta_E_box,
+    log_theta_E_from_fraction,
     ratio_theta_E_box,
 )
 from skinn_jax.likelihood import KinematicLikelihood
@@ -323,17 +328,30 @@ def test_log_density_is_unchanged_from_the_reference(system, data, emulator, mod
         setup = replace(windowed, imaging=ImagingModel(windowed.imaging.settings))
     prefix = f"{mode}/point/"
     names = [k[len(prefix) :] for k in ref.files if k.startswith(prefix)]
-    assert sorted(names) == sorted(site_names(mode))
+    old_sites = [LOG_THETA_E_SITE if n == THETA_E_FRACTION_SITE else n for n in site_names(mode)]
+    assert sorted(names) == sorted(old_sites)
+    pr = setup.priors
     for i in range(3):
         values = {name: jnp.asarray(ref[prefix + name][i]) for name in names}
+        expected_ld = float(ref[f"{mode}/log_density"][i])
+        if mode == "kinematics":  # the stored point in the sampled coordinates of today
+            u, w = values.pop(LOG_THETA_E_SITE), values[RATIO_THETA_E_SITE]
+            f = fraction_from_log_theta_E(u, w, pr.theta_E, pr.D_dt, pr.D_d)
+            values[THETA_E_FRACTION_SITE] = f
+            u_back, log_jacobian = log_theta_E_from_fraction(w, f, pr.theta_E, pr.D_dt, pr.D_d)
+            assert float(u_back) == pytest.approx(float(u), abs=1e-13)
+            # density of (w, f) = that of (u, w) x |du/df|, and the light-shape prior (new)
+            expected_ld += float(log_jacobian) + float(
+                log_light_shape_prior(values["q_light"], values["phi"], data.light_shape)
+            )
         ld = float(log_density(data, setup, values))
         z = unconstrain_fn(model, (data, setup), {}, values)
         pe = float(potential_energy(model, (data, setup), {}, z))
-        expected_ld = float(ref[f"{mode}/log_density"][i])
-        expected_pe = float(ref[f"{mode}/potential_energy"][i])
         assert np.isfinite(ld) and np.isfinite(pe)
         assert ld == pytest.approx(expected_ld, rel=1e-8, abs=1e-5), (i, ld, expected_ld)
-        assert pe == pytest.approx(expected_pe, rel=1e-8, abs=1e-5), (i, pe, expected_pe)
+        if mode != "kinematics":  # (other sampled coordinates: other bijection Jacobians)
+            expected_pe = float(ref[f"{mode}/potential_energy"][i])
+            assert pe == pytest.approx(expected_pe, rel=1e-8, abs=1e-5), (i, pe, expected_pe)
         # the windows change the log density by the quasar's far PSF wings alone
         assert float(log_density(data, windowed, values)) == pytest.approx(ld, rel=2e-6, abs=0.02)
 
@@ -461,6 +479,17 @@ def test_fingerprint_depends_on_the_sampled_coordinates(system, data, monkeypatc
     assert fit_mod.fingerprint(data, setup, settings, {}) != before
 
 
+def test_fingerprint_leaves_out_the_budget_but_not_what_is_drawn(system, data):
+    """A new budget or threshold resumes the same fit; a new seed or warm-up is another fit."""
+    setup = _setup(data, "lensing", solver_start=solver_start_from_truth(system))
+    base = fit_mod.FitSettings()
+    before = fit_mod.fingerprint(data, setup, base, {})
+    same = dataclasses.replace(base, max_wall_s=60.0, max_samples=9000, max_rhat=1.05, min_ess=50)
+    assert fit_mod.fingerprint(data, setup, same, {}) == before
+    for other in (dataclasses.replace(base, seed=1), dataclasses.replace(base, num_warmup=151)):
+        assert fit_mod.fingerprint(data, setup, other, {}) != before
+
+
 # ----------------------------------------------------------------------------------------------
 # Study statistics
 
@@ -553,16 +582,16 @@ def _kinematics_trace(data, setup, values):
     return handlers.trace(substituted).get_trace(data, setup)
 
 
-def test_kinematics_mode_samples_log_theta_E_and_the_ratio_theta_E_combination(
+def test_kinematics_mode_samples_the_ratio_theta_E_combination_and_theta_E_fraction(
     system, data, emulator
 ):
-    """The sampled sites are log theta_E and log(D_dt / D_d x theta_E), with theta_E, log ratio
-    and ratio deterministic and no distance; the log density ignores D_dt and D_d at fixed ratio,
-    its kinematic term is the likelihood at any pair with that ratio, and the true ratio beats
-    wrong ones."""
+    """The sampled sites are log(D_dt / D_d x theta_E) and theta_E's fraction, with log theta_E,
+    theta_E, log ratio and ratio deterministic and no distance; the log density ignores D_dt and
+    D_d at fixed ratio, its kinematic term is the likelihood at any pair with that ratio, and the
+    true ratio beats wrong ones."""
     names = site_names("kinematics")
-    assert names[0] == LOG_THETA_E_SITE and names[-1] == RATIO_THETA_E_SITE
-    assert not {"theta_E", RATIO_SITE, "D_dt", "D_d", "log_D_dt", "log_D_d"} & set(names)
+    assert names[-2:] == (RATIO_THETA_E_SITE, THETA_E_FRACTION_SITE)
+    assert not {"theta_E", LOG_THETA_E_SITE, RATIO_SITE, "D_dt", "D_d", "log_D_dt"} & set(names)
     assert len(names) == 12
     setup = _setup(data, "kinematics", emulator=emulator)
     truth = truth_values(system, "kinematics")
@@ -579,9 +608,11 @@ def test_kinematics_mode_samples_log_theta_E_and_the_ratio_theta_E_combination(
         k for k, site in trace.items() if site["type"] == "sample" and not site["is_observed"]
     }
     assert sampled == set(names)
-    for name in ("theta_E", RATIO_SITE, RATIO):
+    for name in ("theta_E", LOG_THETA_E_SITE, RATIO_SITE, RATIO):
         assert trace[name]["type"] == "deterministic"
         np.testing.assert_allclose(float(trace[name]["value"]), float(truth[name]), rtol=1e-12)
+    light_shape = log_light_shape_prior(truth["q_light"], truth["phi"], data.light_shape)
+    assert float(trace["light_shape"]["fn"].log_factor) == pytest.approx(float(light_shape))
 
     # the same log density with distances twice as large at the same ratio passed along (they
     # are not read)
@@ -596,8 +627,11 @@ def test_kinematics_mode_samples_log_theta_E_and_the_ratio_theta_E_combination(
         pair = SkyParams(sky.phi, sky.center_x, sky.center_y, scale * sky.D_dt, scale * sky.D_d)
         assert float(setup.kinematics(params, pair)) == pytest.approx(log_l_kin, abs=1e-6)
     # the true ratio beats a 20 % wrong one at the true theta_E (v_rms off by ~10 %)
+    pr = setup.priors
     for factor in (0.8, 1.2):
-        wrong = {**values, RATIO_THETA_E_SITE: values[RATIO_THETA_E_SITE] + math.log(factor)}
+        w = values[RATIO_THETA_E_SITE] + math.log(factor)
+        f = fraction_from_log_theta_E(truth[LOG_THETA_E_SITE], w, pr.theta_E, pr.D_dt, pr.D_d)
+        wrong = {**values, RATIO_THETA_E_SITE: w, THETA_E_FRACTION_SITE: f}
         worse_trace = _kinematics_trace(data, setup, wrong)
         np.testing.assert_allclose(
             float(worse_trace[RATIO]["value"]), factor * sky.D_dt / sky.D_d, rtol=1e-12
@@ -623,10 +657,12 @@ def _old_kinematics_log_prior(value: dict, priors) -> float:
     return total + float(log_ratio_prior(value[RATIO_SITE], priors.D_dt, priors.D_d))
 
 
-def test_kinematics_log_density_is_the_old_prior_times_the_jacobian_theta_E(system, data, emulator):
-    """At matched points the model's log density minus its kinematic likelihood equals the prior
-    of the (theta_E, log_ratio) coordinates plus log |∂(theta_E, log_ratio)/∂(log_theta_E,
-    log_ratio_theta_E)| = log theta_E; and it is -inf where the ratio leaves its range."""
+def test_kinematics_log_density_is_the_old_prior_times_the_jacobians(system, data, emulator):
+    """At matched points the model's log density minus its kinematic likelihood and light-shape
+    prior equals the prior of the (theta_E, log_ratio) coordinates plus log |∂(theta_E,
+    log_ratio)/∂(log_theta_E, log_ratio_theta_E)| = log theta_E plus log |∂ log_theta_E / ∂
+    fraction|; and the whole sampled rectangle of (log_ratio_theta_E, fraction), corners too,
+    maps inside the boxes of theta_E and the ratio (no -inf wall inside the sampled coordinates)."""
     from numpyro.infer.util import log_density as numpyro_log_density
 
     pr = Priors()
@@ -638,32 +674,105 @@ def test_kinematics_log_density_is_the_old_prior_times_the_jacobian_theta_E(syst
     points = [base]
     for theta_E, ratio in ((0.55, 0.5), (1.9, 8.0), (1.0, 2.37)):  # near the boxes' corners too
         log_u, log_w = kinematic_scale_coordinates(theta_E, math.log(ratio))
-        point = {**base, LOG_THETA_E_SITE: float(log_u), RATIO_THETA_E_SITE: float(log_w)}
+        f = fraction_from_log_theta_E(log_u, log_w, pr.theta_E, pr.D_dt, pr.D_d)
+        point = {**base, RATIO_THETA_E_SITE: float(log_w), THETA_E_FRACTION_SITE: float(f)}
         point["gamma"] = float(rng.uniform(*pr.gamma))
         point["q_mass"] = float(rng.uniform(*pr.q_mass))
         points.append(point)
 
     @jax.jit
     def prior_part(v):
-        """Log density minus the kinematic term, and the old coordinates, from one trace."""
+        """Log density minus the kinematic and light-shape terms, and the old coordinates."""
         total, trace = numpyro_log_density(model, (data, setup), {}, v)
-        old = {k: trace[k]["value"] for k in _OLD_BOXED + (RATIO_SITE,)}
-        return total - trace["kinematics"]["fn"].log_factor, old
+        old = {k: trace[k]["value"] for k in _OLD_BOXED + (RATIO_SITE, LOG_THETA_E_SITE)}
+        rest = trace["kinematics"]["fn"].log_factor + trace["light_shape"]["fn"].log_factor
+        return total - rest, old
 
     for point in points:
         new_prior, old = prior_part({k: jnp.asarray(x) for k, x in point.items()})
         old = {k: float(x) for k, x in old.items()}
-        np.testing.assert_allclose(old["theta_E"], math.exp(point[LOG_THETA_E_SITE]), rtol=1e-14)
-        expected = _old_kinematics_log_prior(old, pr) + point[LOG_THETA_E_SITE]
+        u, w = old[LOG_THETA_E_SITE], point[RATIO_THETA_E_SITE]
+        np.testing.assert_allclose(old["theta_E"], math.exp(u), rtol=1e-14)
+        _, log_jacobian = log_theta_E_from_fraction(
+            w, point[THETA_E_FRACTION_SITE], pr.theta_E, pr.D_dt, pr.D_d
+        )
+        expected = _old_kinematics_log_prior(old, pr) + u + float(log_jacobian)
         assert float(new_prior) == pytest.approx(expected, abs=1e-9), point
     density = jax.jit(lambda v: log_density(data, setup, v))
-    # inside the sampled box of log_ratio_theta_E but outside the parallelogram: zero prior
-    box_u, box_w = log_theta_E_box(pr.theta_E), ratio_theta_E_box(pr.theta_E, pr.D_dt, pr.D_d)
-    corner = {**base, LOG_THETA_E_SITE: box_u[1] - 0.01, RATIO_THETA_E_SITE: box_w[0] + 0.01}
-    assert np.isneginf(float(density(corner)))
-    # theta_E stays in its box over the whole sampled range of log_theta_E
-    theta_E = np.exp(np.asarray(box_u))
-    np.testing.assert_allclose(theta_E, pr.theta_E, rtol=1e-14)
+    box_w = ratio_theta_E_box(pr.theta_E, pr.D_dt, pr.D_d)
+    s_lo, s_hi = log_ratio_box(pr.D_dt, pr.D_d)
+    for w in (box_w[0] + 1e-3, box_w[1] - 1e-3, 0.5 * (box_w[0] + box_w[1])):
+        for f in (1e-6, 0.5, 1 - 1e-6):
+            corner = {**base, RATIO_THETA_E_SITE: w, THETA_E_FRACTION_SITE: f}
+            assert np.isfinite(float(density(corner))), (w, f)
+            u, _ = log_theta_E_from_fraction(w, f, pr.theta_E, pr.D_dt, pr.D_d)
+            assert pr.theta_E[0] <= math.exp(float(u)) <= pr.theta_E[1]
+            assert s_lo <= w - float(u) <= s_hi
+
+
+def test_theta_E_fraction_round_trip_and_jacobian():
+    """fraction -> log_theta_E -> fraction is the identity, and log(hi - lo) is the log of
+    ∂ log_theta_E / ∂ fraction (central differences)."""
+    pr = Priors()
+    box_w = ratio_theta_E_box(pr.theta_E, pr.D_dt, pr.D_d)
+    rng = np.random.default_rng(3)
+    w = rng.uniform(*box_w, 200)
+    f = rng.uniform(0.0, 1.0, 200)
+    u, log_jacobian = log_theta_E_from_fraction(w, f, pr.theta_E, pr.D_dt, pr.D_d)
+    back = fraction_from_log_theta_E(u, w, pr.theta_E, pr.D_dt, pr.D_d)
+    np.testing.assert_allclose(np.asarray(back), f, atol=1e-12)
+    h = 1e-6
+    up, _ = log_theta_E_from_fraction(w, f + h, pr.theta_E, pr.D_dt, pr.D_d)
+    down, _ = log_theta_E_from_fraction(w, f - h, pr.theta_E, pr.D_dt, pr.D_d)
+    np.testing.assert_allclose(
+        np.log((np.asarray(up) - np.asarray(down)) / (2 * h)), np.asarray(log_jacobian), atol=1e-8
+    )
+
+
+def test_light_shape_prior_is_a_gaussian_in_the_ellipticity_components(system, data):
+    """The light-shape prior is the normalised Gaussian of (e1, e2): it integrates to 1 over the
+    e-plane, peaks at the measurement, has period π in phi and is flat in phi for a round light;
+    only kinematics mode adds it (the model's factor is tested with its sites); the mock
+    measures it near the truth, reproducibly; bad input raises naming the value."""
+    from skinn_jax.inference.data import light_shape_from_q_phi
+    from skinn_jax.inference.model import uses_light_shape
+    from skinn_jax.profiles import q_phi_from_e1e2
+
+    shape = light_shape_from_q_phi(0.8, 0.3, 0.02)
+    e = np.linspace(-0.2, 0.2, 801)
+    e1, e2 = np.meshgrid(e, e)
+    q, phi = q_phi_from_e1e2(jnp.asarray(e1), jnp.asarray(e2))
+    density = np.exp(np.asarray(log_light_shape_prior(q, phi, shape)))
+    assert density.sum() * (e[1] - e[0]) ** 2 == pytest.approx(1.0, abs=1e-4)
+    peak = float(log_light_shape_prior(0.8, 0.3, shape))
+    assert peak == pytest.approx(-math.log(2 * math.pi * 0.02**2), abs=1e-10)
+    assert float(log_light_shape_prior(0.8, 0.3 + math.pi, shape)) == pytest.approx(peak, abs=1e-9)
+    assert float(log_light_shape_prior(0.8, 0.5, shape)) < peak - 1.0
+    round_light = [float(log_light_shape_prior(1.0, a, shape)) for a in (-1.0, 0.2, 1.4)]
+    assert max(round_light) - min(round_light) < 1e-12
+    for bad, match in (((1.2, 0.0, 0.01), "axis ratio"), ((0.8, 0.0, 0.0), "sigma")):
+        with pytest.raises(ValueError, match=match):
+            light_shape_from_q_phi(*bad)
+
+    assert uses_light_shape("kinematics") and not uses_light_shape("joint")
+    assert not uses_light_shape("lensing")
+    from numpyro import handlers
+
+    from skinn_jax.inference.model import light_shape_block
+
+    v = {"q_light": jnp.asarray(0.9), "phi": jnp.asarray(0.2)}
+
+    def block_trace(d):
+        return handlers.trace(lambda: light_shape_block.fn(v, d, None, False)).get_trace()
+
+    expected = float(log_light_shape_prior(0.9, 0.2, data.light_shape))
+    assert float(block_trace(data)["light_shape"]["fn"].log_factor) == pytest.approx(expected)
+    assert block_trace(data._replace(light_shape=None)) == {}
+    # the mock's measurement: near the truth (0.01 per component), the same on every build
+    true_shape = light_shape_from_q_phi(PARAMS[3], system.truth.sky.phi, 0.01)
+    offsets = np.array(data.light_shape[:2]) - np.array(true_shape[:2])
+    assert np.all(np.abs(offsets) < 0.05) and np.any(offsets != 0.0)
+    assert make_mock_system(3, PARAMS, settings=SETTINGS).light_shape == system.light_shape
 
 
 def test_kinematic_scale_prior_is_the_push_forward_of_uniform_theta_E_and_distances():

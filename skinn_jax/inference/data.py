@@ -12,8 +12,9 @@ Builds :class:`skinn_jax.ifu.KinematicData` (CONVENTIONS §6) from arrays or fil
   spectroscopy as a bin map on a fine spaxel grid (:func:`aperture_data`);
 * :func:`phi_from_position_angle` converts the astronomers' position angle;
 * :class:`SystemData` holds the observations of one lens system for the joint model: imaging
-  (:class:`ImagingData`), time delays (:class:`TimeDelayData`), kinematics and the measured image
-  positions.
+  (:class:`ImagingData`), time delays (:class:`TimeDelayData`), kinematics, the measured image
+  positions and, for kinematics-only fits, the light's ellipticity measured on the imaging
+  (:class:`LightShape`).
 
 Imports: ``skinn_jax`` core only (``ifu``).
 
@@ -439,6 +440,48 @@ class TimeDelayData(NamedTuple):
     sigma: np.ndarray
 
 
+class LightShape(NamedTuple):
+    """The lens light's ellipticity measured on the imaging, for fits without the imaging.
+
+    Kinematics-only fits take it as a Gaussian prior on ``(q_light, phi)``
+    (:func:`skinn_jax.inference.priors.log_light_shape_prior`): it fixes the position angle,
+    shared by mass and light, as well as an elongated light allows, which the kinematics alone
+    do poorly for a near-round mass. Make one with :func:`light_shape_from_q_phi`.
+
+    Attributes:
+        e1: ``ε cos 2φ``, ``ε = (1 - q) / (1 + q)``, φ the model's position angle (radians).
+        e2: ``ε sin 2φ``.
+        sigma: the standard deviation of each component (dimensionless, > 0).
+    """
+
+    e1: float
+    e2: float
+    sigma: float
+
+
+def light_shape_from_q_phi(q: float, phi: float, sigma: float) -> LightShape:
+    """A :class:`LightShape` from a measured axis ratio and position angle.
+
+    Args:
+        q: the light's axis ratio (minor/major), in ``(0, 1]``.
+        phi: the model's position angle of the major axis, radians, counter-clockwise from
+            ``+x`` (east); from an astronomer's PA use :func:`phi_from_position_angle`.
+        sigma: uncertainty of each ellipticity component, ``> 0`` (about ``2 ε σ_φ`` for a
+            position-angle uncertainty ``σ_φ`` in radians).
+
+    Example:
+        >>> shape = light_shape_from_q_phi(0.8, phi_from_position_angle(30.0), 0.01)
+    """
+    if not (np.isfinite(q) and 0.0 < q <= 1.0):
+        raise ValueError(f"light axis ratio q must be in (0, 1], got {q}")
+    if not np.isfinite(phi):
+        raise ValueError(f"position angle phi must be a finite number of radians, got {phi}")
+    if not (np.isfinite(sigma) and sigma > 0.0):
+        raise ValueError(f"ellipticity uncertainty sigma must be a finite number > 0, got {sigma}")
+    eps = (1.0 - q) / (1.0 + q)
+    return LightShape(eps * math.cos(2.0 * phi), eps * math.sin(2.0 * phi), float(sigma))
+
+
 class SystemData(NamedTuple):
     """The observations of one lens system.
 
@@ -450,6 +493,8 @@ class SystemData(NamedTuple):
             (A first: the delays are relative to it), arcsec, (4, 2).
         imaging_settings: the imaging's pixel grid, PSF, noise and numerics (None: the defaults
             of :class:`~skinn_jax.inference.lensing.ImagingSettings`).
+        light_shape: the light's ellipticity measured on the imaging, a prior of kinematics-only
+            fits (None: none; the modes with the imaging ignore it).
     """
 
     imaging: ImagingData
@@ -457,6 +502,7 @@ class SystemData(NamedTuple):
     kinematics: KinematicData
     image_positions: np.ndarray
     imaging_settings: ImagingSettings | None = None
+    light_shape: LightShape | None = None
 
     @classmethod
     def from_mock(cls, system) -> SystemData:
@@ -468,4 +514,5 @@ class SystemData(NamedTuple):
             system.kinematics.data,
             np.asarray(system.measured_positions, float),
             system.settings.imaging,
+            system.light_shape,
         )

@@ -71,10 +71,10 @@ can have several solutions; Newton's method follows the one connected to ``solve
 truth for mock systems, as the fit starts there; a round lens fitted to the measured positions by
 default, :func:`default_solver_start`).
 
-Kinematics mode samples ``log_theta_E = log(theta_E / 1″)`` (emulator
-convention), ``gamma``, ``q_mass``, ``phi``, the centre, ``q_light``, ``r_sersic_ratio``,
-``n_sersic``, ``beta_z``, ``inclination_deg`` and ``log_ratio_theta_E = log(D_dt / D_d x theta_E /
-1″)``, with ``theta_E``, ``log_ratio = log(D_dt / D_d)`` and ``ratio_D_dt_D_d = D_dt / D_d``
+Kinematics mode samples ``gamma``, ``q_mass``, ``phi``, the centre, ``q_light``,
+``r_sersic_ratio``, ``n_sersic``, ``beta_z``, ``inclination_deg``, ``log_ratio_theta_E = log(D_dt /
+D_d x theta_E / 1″)`` and ``theta_E_fraction``, with ``log_theta_E = log(theta_E / 1″)`` (emulator
+convention), ``theta_E``, ``log_ratio = log(D_dt / D_d)`` and ``ratio_D_dt_D_d = D_dt / D_d``
 deterministic sites; ``D_dt`` and ``D_d`` are not sites of this mode. The IFU alone measures the
 distances only through their ratio (v_rms scales as ``sqrt(D_dt / ((1 + z_d) D_d)) / sqrt(D_s_fid /
 D_ds_fid)``, CONVENTIONS §4, :func:`skinn_jax.cosmology.vrms_distance_factor`), and without the
@@ -88,6 +88,13 @@ the same as in the other modes: uniform in ``(theta_E, q_mass, phi)`` and unifor
 ``(D_dt, D_d)`` in their boxes, whose marginal for ``log_ratio`` is :func:`log_ratio_prior`;
 :func:`log_kinematic_scale_prior` is the density of ``(log_theta_E, log_ratio_theta_E)`` they
 imply, with the Jacobian ``|∂(theta_E, log_ratio) / ∂(log_theta_E, log_ratio_theta_E)| = theta_E``.
+Its support is a parallelogram (the ratio's range gives it slanted faces), so ``log_theta_E`` is
+sampled as ``theta_E_fraction``, its place in the interval the parallelogram allows at the sampled
+``log_ratio_theta_E`` (:func:`skinn_jax.inference.priors.log_theta_E_from_fraction`): the sampled
+rectangle maps onto the parallelogram and the log density has no wall inside it. With
+``data.light_shape`` (the light's ellipticity measured on the imaging) the mode adds it as a
+Gaussian prior on ``(q_light, phi)`` (:func:`skinn_jax.inference.priors.log_light_shape_prior`),
+which fixes ``phi`` for an elongated light where the kinematics of a near-round mass cannot.
 The kinematic likelihood is evaluated at ``D_d =`` :data:`KINEMATICS_REFERENCE_D_D` and ``D_dt =
 ratio x D_d``, which gives the same v_rms as any pair with that ratio.
 
@@ -142,7 +149,8 @@ from .priors import (
     distance_log_jacobian,
     from_kinematic_scale_coordinates,
     log_kinematic_scale_prior,
-    log_theta_E_box,
+    log_light_shape_prior,
+    log_theta_E_from_fraction,
     ratio_theta_E_box,
 )
 
@@ -189,8 +197,12 @@ RATIO_SITE = "log_ratio"
 """Deterministic site of kinematics mode: ``log(D_dt / D_d)`` (dimensionless)."""
 
 LOG_THETA_E_SITE = "log_theta_E"
-"""Sampled site of kinematics mode: ``log(theta_E / 1″)``, the emulator-convention Einstein radius
-(``theta_E`` is a deterministic site)."""
+"""Deterministic site of kinematics mode: ``log(theta_E / 1″)``, the emulator-convention Einstein
+radius (``theta_E`` is one too)."""
+
+THETA_E_FRACTION_SITE = "theta_E_fraction"
+"""Sampled site of kinematics mode, in ``(0, 1)``: where ``log_theta_E`` lies in the interval the
+prior allows at the sampled ``log_ratio_theta_E`` (:func:`log_theta_E_from_fraction`)."""
 
 RATIO_THETA_E_SITE = "log_ratio_theta_E"
 """Sampled site of kinematics mode: ``log(D_dt / D_d x theta_E / 1″)``, the combination the IFU
@@ -426,14 +438,6 @@ def _boxes_block(*sites: str) -> Block:
     return Block(tuple(sites), lambda v, data, setup, predictions: _sample_boxes(v, setup, sites))
 
 
-@_block(LOG_THETA_E_SITE)
-def log_einstein_radius_block(v, data, setup, predictions) -> None:
-    """Kinematics mode: ``log_theta_E`` (its prior factor is added by :data:`kinematic_scale`)."""
-    log_theta_E = _uniform(LOG_THETA_E_SITE, log_theta_E_box(setup.priors.theta_E))
-    v[LOG_THETA_E_SITE] = log_theta_E
-    v["theta_E"] = numpyro.deterministic("theta_E", jnp.exp(log_theta_E))
-
-
 mass_block = _boxes_block("gamma", "q_mass", "phi", "center_x", "center_y")
 """Kinematics mode: the mass and centre, uniform in their boxes."""
 
@@ -469,30 +473,48 @@ def image_position_block(v, data, setup, predictions) -> None:
     )
 
 
-@_block(RATIO_THETA_E_SITE)
+@_block(RATIO_THETA_E_SITE, THETA_E_FRACTION_SITE)
 def kinematic_scale_block(v, data, setup, predictions) -> None:
     """Kinematics mode: ``log_ratio_theta_E = log(D_dt / D_d x theta_E)``, the combination the IFU
-    measures, so the ridge of the ``(theta_E, ratio)`` degeneracy is close to a coordinate axis.
+    measures, so the ridge of the ``(theta_E, ratio)`` degeneracy is close to a coordinate axis,
+    and ``theta_E_fraction``, where ``log_theta_E`` lies in the interval the prior allows at that
+    ``log_ratio_theta_E`` (:func:`log_theta_E_from_fraction`).
 
     The prior of ``(log_theta_E, log_ratio_theta_E)`` is the other modes' (uniform ``theta_E``
-    and ``(D_dt, D_d)``), Jacobian included (:func:`log_kinematic_scale_prior`); the two uniform
-    draws' constants ``-log(width)`` are replaced by it, and it is ``-inf`` where the ratio is
-    outside its range (the box of ``log_ratio_theta_E`` is wider than the support).
+    and ``(D_dt, D_d)``), Jacobian included (:func:`log_kinematic_scale_prior`), times the
+    Jacobian of the fraction; the two uniform draws' constants are replaced by it. Its support,
+    a parallelogram in ``(log_theta_E, log_ratio_theta_E)``, is the whole sampled rectangle: the
+    log density has no ``-inf`` inside the sampled coordinates.
     """
     pr = setup.priors
-    log_theta_E = v[LOG_THETA_E_SITE]
-    box_u, box_w = log_theta_E_box(pr.theta_E), ratio_theta_E_box(pr.theta_E, pr.D_dt, pr.D_d)
+    box_w = ratio_theta_E_box(pr.theta_E, pr.D_dt, pr.D_d)
     log_ratio_theta_E = _uniform(RATIO_THETA_E_SITE, box_w)
+    fraction = _uniform(THETA_E_FRACTION_SITE, (0.0, 1.0))
+    log_theta_E, log_jacobian = log_theta_E_from_fraction(
+        log_ratio_theta_E, fraction, pr.theta_E, pr.D_dt, pr.D_d
+    )
     numpyro.factor(
         "scale_prior",
         log_kinematic_scale_prior(log_theta_E, log_ratio_theta_E, pr.theta_E, pr.D_dt, pr.D_d)
-        + math.log(box_u[1] - box_u[0])
+        + log_jacobian
         + math.log(box_w[1] - box_w[0]),
     )
+    v[LOG_THETA_E_SITE] = numpyro.deterministic(LOG_THETA_E_SITE, log_theta_E)
+    v["theta_E"] = numpyro.deterministic("theta_E", jnp.exp(log_theta_E))
     _, log_ratio = from_kinematic_scale_coordinates(log_theta_E, log_ratio_theta_E)
     log_ratio = numpyro.deterministic(RATIO_SITE, log_ratio)
     ratio = numpyro.deterministic(RATIO, jnp.exp(log_ratio))
     v["D_dt"], v["D_d"] = kinematic_distances(ratio)
+
+
+@_block()
+def light_shape_block(v, data, setup, predictions) -> None:
+    """Kinematics mode: the light's ellipticity measured on the imaging (``data.light_shape``,
+    if given) as a prior on ``(q_light, phi)`` (:func:`log_light_shape_prior`)."""
+    if data.light_shape is not None:
+        numpyro.factor(
+            "light_shape", log_light_shape_prior(v["q_light"], v["phi"], data.light_shape)
+        )
 
 
 @_block(*DISTANCE_SITES)
@@ -579,9 +601,9 @@ MODE_BLOCKS: dict[str, tuple[Block, ...]] = {
         light_size_block,
     ),
     "kinematics": (
-        log_einstein_radius_block,
         mass_block,
         light_block,
+        light_shape_block,
         anisotropy_block,
         kinematic_scale_block,
         light_size_block,
@@ -612,6 +634,11 @@ def uses_imaging(mode: Mode) -> bool:
 def uses_kinematics(mode: Mode) -> bool:
     """Whether ``mode`` has the kinematic likelihood."""
     return kinematics_block in mode_blocks(mode)
+
+
+def uses_light_shape(mode: Mode) -> bool:
+    """Whether ``mode`` takes ``SystemData.light_shape`` as a prior (the modes without imaging)."""
+    return light_shape_block in mode_blocks(mode)
 
 
 def model(data: SystemData, setup: ModelSetup, predictions: bool = False) -> None:

@@ -5,10 +5,11 @@
 for ``phi``, Mpc for distances, magnitudes for fluxes). The functions below are the densities the
 model adds when it samples distances through their logarithms (joint mode) or the kinematic scale
 ``log(D_dt / D_d x theta_E)`` (kinematics mode), so that the prior stays uniform in ``theta_E``,
-``D_dt`` and ``D_d`` whatever the sampled coordinates. User priors of any NumPyro distribution for
-kinematics-only models are in :mod:`skinn_jax.inference.blocks`.
+``D_dt`` and ``D_d`` whatever the sampled coordinates, and the prior that the imaging's
+measurement of the light's ellipticity puts on kinematics-only fits. User priors of any NumPyro
+distribution for kinematics-only models are in :mod:`skinn_jax.inference.blocks`.
 
-Imports: ``skinn_jax`` core only (``params``, ``cosmology``, ``forward``).
+Imports: ``skinn_jax`` core only (``params``, ``cosmology``, ``forward``, ``profiles``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from jax import Array
 from skinn_jax.cosmology import FIDUCIAL
 from skinn_jax.forward import CenterBox
 from skinn_jax.params import INCLINATION_MIN_DEG, PARAM_BOX, R_SERSIC_RATIO_BOX
+from skinn_jax.profiles import e1e2_from_q_phi
 
 
 @dataclass(frozen=True)
@@ -240,3 +242,98 @@ def log_kinematic_scale_prior(
         + log_ratio_prior(jnp.asarray(log_ratio_theta_E) - u, D_dt_box, D_d_box)
     )
     return jnp.where(inside, log_p, -jnp.inf)
+
+
+def log_theta_E_interval(
+    log_ratio_theta_E,
+    theta_E_box: tuple[float, float],
+    D_dt_box: tuple[float, float],
+    D_d_box: tuple[float, float],
+) -> tuple[Array, Array]:
+    """The ``log_theta_E`` inside the prior's parallelogram at a given ``log_ratio_theta_E``.
+
+    ``u = log theta_E`` must be in :func:`log_theta_E_box` ``[a, b]`` and ``w - u`` in
+    :func:`log_ratio_box` ``[s_lo, s_hi]``: ``u`` in ``[max(a, w - s_hi), min(b, w - s_lo)]``, an
+    interval of positive length for every ``w`` strictly inside :func:`ratio_theta_E_box`.
+
+    Args:
+        log_ratio_theta_E: ``w = log(D_dt / D_d x theta_E / 1″)``, any shape.
+        theta_E_box: ``(a_θ, b_θ)``, arcsec, ``a_θ > 0``.
+        D_dt_box, D_d_box: the distance boxes, Mpc.
+
+    Returns:
+        ``(low, high)`` of ``u``, the shape of ``log_ratio_theta_E``.
+    """
+    a, b = log_theta_E_box(theta_E_box)
+    s_lo, s_hi = log_ratio_box(D_dt_box, D_d_box)
+    w = jnp.asarray(log_ratio_theta_E)
+    return jnp.maximum(a, w - s_hi), jnp.minimum(b, w - s_lo)
+
+
+def log_theta_E_from_fraction(
+    log_ratio_theta_E,
+    fraction,
+    theta_E_box: tuple[float, float],
+    D_dt_box: tuple[float, float],
+    D_d_box: tuple[float, float],
+) -> tuple[Array, Array]:
+    """``(log_theta_E, log |∂ log_theta_E / ∂ fraction|)`` of kinematics mode's sampled coordinates.
+
+    Kinematics mode samples ``w = log_ratio_theta_E`` in :func:`ratio_theta_E_box` and
+    ``fraction`` in ``(0, 1)``, the position of ``u = log_theta_E`` in the interval
+    :func:`log_theta_E_interval` ``[lo(w), hi(w)]``: ``u = lo + fraction (hi - lo)``. The whole
+    sampled rectangle then maps onto the prior's parallelogram, whose slanted faces (the
+    ``D_dt / D_d`` range) become the coordinate faces ``fraction = 0, 1``: no wall inside the
+    sampled coordinates. The Jacobian of ``(w, fraction) -> (u, w)`` is ``hi - lo``.
+
+    Args:
+        log_ratio_theta_E: ``w``, any shape.
+        fraction: in ``[0, 1]``, broadcastable with ``w``.
+        theta_E_box, D_dt_box, D_d_box: as :func:`log_theta_E_interval`.
+
+    Returns:
+        ``(u, log(hi - lo))``, broadcast shape of the inputs.
+
+    Example:
+        >>> u, log_jac = log_theta_E_from_fraction(1.0, 0.5, (0.5, 2.0), (500.0, 5000.0),
+        ...                                        (300.0, 3000.0))
+    """
+    lo, hi = log_theta_E_interval(log_ratio_theta_E, theta_E_box, D_dt_box, D_d_box)
+    return lo + jnp.asarray(fraction) * (hi - lo), jnp.log(hi - lo)
+
+
+def fraction_from_log_theta_E(
+    log_theta_E,
+    log_ratio_theta_E,
+    theta_E_box: tuple[float, float],
+    D_dt_box: tuple[float, float],
+    D_d_box: tuple[float, float],
+) -> Array:
+    """The inverse of :func:`log_theta_E_from_fraction`: ``fraction`` of ``(u, w)`` (inside the
+    parallelogram: in ``[0, 1]``)."""
+    lo, hi = log_theta_E_interval(log_ratio_theta_E, theta_E_box, D_dt_box, D_d_box)
+    return (jnp.asarray(log_theta_E) - lo) / (hi - lo)
+
+
+def log_light_shape_prior(q_light, phi, light_shape) -> Array:
+    """Log density of the light's measured ellipticity given ``(q_light, phi)`` (a Gaussian prior
+    from the imaging, for fits without the imaging).
+
+    The imaging measures the lens light's ellipticity components ``e1 = ε cos 2φ``,
+    ``e2 = ε sin 2φ``, ``ε = (1 - q) / (1 + q)`` (:func:`skinn_jax.profiles.e1e2_from_q_phi`)
+    with independent Gaussian errors ``sigma``. In ``(q, φ)`` the prior on the position angle
+    is then as sharp as the light is elongated (``σ_φ ≈ sigma / 2ε``) and it is flat for a round
+    light, with no singularity at ``q = 1`` and the period π of ``φ`` built in.
+
+    Args:
+        q_light: light axis ratio, any shape.
+        phi: position angle of the major axis, radians, counter-clockwise from +x.
+        light_shape: a :class:`~skinn_jax.inference.data.LightShape` (``e1``, ``e2``, ``sigma``).
+
+    Returns:
+        The normalised 2-D Gaussian log density, broadcast shape of ``q_light`` and ``phi``.
+    """
+    e1, e2 = e1e2_from_q_phi(q_light, phi)
+    s = light_shape.sigma
+    chi2 = ((e1 - light_shape.e1) ** 2 + (e2 - light_shape.e2) ** 2) / s**2
+    return -0.5 * chi2 - math.log(2.0 * math.pi * s**2)

@@ -30,7 +30,8 @@
 
 A fit that is killed restarts from its last checkpoint when run again with the same inputs (the
 fingerprint of system, mode, settings, priors and emulator weights is stored in
-``fit_state.json``). A directory holding a fit with different inputs, finished or not, is never
+``fit_state.json``; the convergence thresholds and budget are not part of it, so a fit resumes
+under a new budget). A directory holding a fit with different inputs, finished or not, is never
 cleared without ``force``: :func:`fit` raises :class:`OutputExistsError` saying how to proceed
 (another output directory, or ``force``). Results are
 written only when the sampling has finished: nothing partial is ever reported as final.
@@ -59,7 +60,7 @@ import numpy as np
 
 from ..convergence import budget_left
 from ..data import SystemData
-from ..model import MODEL_VERSION, ModelSetup, model, site_names
+from ..model import MODEL_VERSION, ModelSetup, model, site_names, uses_light_shape
 from .chains import Chains, loop_length
 from .map import MapResult, Potential, find_map, make_potential, parameter_boxes, time_evaluation
 from .report import assess_draws, load_result, reported_names, write_outputs
@@ -76,10 +77,23 @@ from .settings import (
     _to_numpy,
 )
 
+POLICY_FIELDS = (
+    "max_rhat",
+    "min_ess",
+    "max_divergences",
+    "converge",
+    "max_samples",
+    "max_wall_s",
+    "progress_bar",
+)
+"""Fields of :class:`FitSettings` left out of the fingerprint: the convergence thresholds and the
+budget say when a fit stops, not what it draws, so an interrupted fit resumes under new ones
+(e.g. a larger budget)."""
+
 
 def fingerprint(data: SystemData, setup: ModelSetup, settings: FitSettings, extra: dict) -> str:
     """Hash of everything a fit depends on (data, mode, model version and sampled sites, priors,
-    settings, emulator weights)."""
+    settings but :data:`POLICY_FIELDS`, emulator weights)."""
     h = hashlib.sha256()
     for arr in (
         data.imaging.image,
@@ -97,6 +111,8 @@ def fingerprint(data: SystemData, setup: ModelSetup, settings: FitSettings, extr
     h.update(repr(dataclasses.astuple(setup.priors)).encode())
     h.update(repr(setup.newton_iterations).encode())
     h.update(np.asarray(data.image_positions, float).tobytes())
+    if data.light_shape is not None and uses_light_shape(setup.mode):
+        h.update(np.asarray(data.light_shape, float).tobytes())
     if setup.imaging is not None:
         h.update(repr(setup.imaging.settings).encode())
     if setup.kinematics is not None:
@@ -105,7 +121,8 @@ def fingerprint(data: SystemData, setup: ModelSetup, settings: FitSettings, extr
         if forward.sampling != "points":  # fingerprints of point-sampled fits stay as they were
             h.update(f"kinematic sampling {forward.sampling}".encode())
     fit_fields = dataclasses.asdict(settings)
-    fit_fields.pop("progress_bar")
+    for name in POLICY_FIELDS:  # they decide when to stop, not what is drawn
+        fit_fields.pop(name)
     h.update(json.dumps(fit_fields, sort_keys=True).encode())
     h.update(json.dumps(extra, sort_keys=True, default=_json_default).encode())
     return h.hexdigest()[:16]

@@ -47,7 +47,8 @@ DERIVED_SUMMARY = (
     RATIO,
 )
 """Deterministic sites reported in the summary (when the mode has them: ``D_dt / D_d`` is a
-site of kinematics mode only, where ``theta_E`` is derived from the sampled ``log_theta_E``)."""
+site of kinematics mode only, where ``theta_E`` is derived from the sampled
+``log_ratio_theta_E`` and ``theta_E_fraction``)."""
 
 
 def reported_names(mode: str) -> list[str]:

@@ -59,7 +59,7 @@ def fit_mock(
     data = SystemData.from_mock(system)
     emulator = emulator if uses_kinematics(mode) else None
     setup = mock_setup(system, data, mode, emulator)
-    truths = truth_values(system, mode)
+    truths = truth_values(system, mode, setup.priors)
     meta = dict(meta or {})
     meta["weights_sha256"] = emulator.metadata.get("weights_sha256") if emulator else None
 

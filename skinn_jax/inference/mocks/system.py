@@ -33,8 +33,13 @@ System ``k`` (:func:`make_mock_system`):
 - **Time delays**: ``t_i - t_A`` for the three later images, from the Fermat potential and D_Δt,
   with an uncertainty of 2 % or 1 day, whichever is larger, and Gaussian noise of that width.
 
+- **Light shape from the imaging** (the prior of kinematics-only fits): the light's true
+  ellipticity components plus Gaussian noise of 0.01 each
+  (:class:`~skinn_jax.inference.data.LightShape`).
+
 Random numbers: ``make_mock_kinematics`` uses ``default_rng(k)``; the imaging (shear, source
-position, pixel and time-delay noise) uses ``default_rng([k, 1])``. Everything is reproducible from
+position, pixel and time-delay noise) uses ``default_rng([k, 1])``, the light shape
+``default_rng([k, 2])``. Everything is reproducible from
 ``k`` (and the parameter source).
 
 :func:`plot_mock_system` draws the paper's Fig. 6 for one system.
@@ -60,7 +65,7 @@ from skinn_jax.profiles import (
     to_galaxy_frame,
 )
 
-from ..data import ImagingData, TimeDelayData
+from ..data import ImagingData, LightShape, TimeDelayData, light_shape_from_q_phi
 from ..lensing.imaging import (
     TIME_DELAY_DAYS_PER_MPC_ARCSEC2,
     Images,
@@ -111,6 +116,9 @@ class MockSystemSettings:
         td_rel_error: relative time-delay uncertainty.
         td_min_error_days: floor of the time-delay uncertainty, days.
         max_source_draws: source positions tried before giving up.
+        light_shape_sigma: uncertainty of each light ellipticity component "measured on the
+            imaging" (:class:`~skinn_jax.inference.data.LightShape`, the prior of kinematics-only
+            fits): the truth plus Gaussian noise of this width.
     """
 
     imaging: ImagingSettings = field(default_factory=ImagingSettings)
@@ -126,6 +134,7 @@ class MockSystemSettings:
     td_rel_error: float = 0.02
     td_min_error_days: float = 1.0
     max_source_draws: int = 2000
+    light_shape_sigma: float = 0.01
 
 
 def measure_image_positions(
@@ -192,6 +201,8 @@ class MockSystem:
         measured_positions: the four outer images' positions measured on the data (centroids),
             arcsec, (4, 2): where a fit starts its image-position solver.
         n_zero_pixels: zero-valued pixels in the test-set JAM quadrant (None if not from it).
+        light_shape: the light's ellipticity as the imaging measures it (the prior of
+            kinematics-only fits).
     """
 
     k: int
@@ -206,6 +217,7 @@ class MockSystem:
     images: Images
     measured_positions: np.ndarray
     n_zero_pixels: int | None = None
+    light_shape: LightShape | None = None
 
     @property
     def seed(self) -> int:
@@ -502,7 +514,16 @@ def make_mock_system(
             image, noise_map, model, np.stack([images.x[:4], images.y[:4]], axis=-1)
         ),
         n_zero_pixels=n_zero,
+        light_shape=measured_light_shape(k, params[3], sky.phi, settings.light_shape_sigma),
     )
+
+
+def measured_light_shape(k: int, q_light: float, phi: float, sigma: float) -> LightShape:
+    """System ``k``'s light ellipticity "measured on the imaging": the true ``(e1, e2)`` plus
+    Gaussian noise of width ``sigma`` (``default_rng([k, 2])``, apart from the other draws)."""
+    truth = light_shape_from_q_phi(float(q_light), float(phi), sigma)
+    e1, e2 = np.array([truth.e1, truth.e2]) + sigma * np.random.default_rng([k, 2]).normal(size=2)
+    return truth._replace(e1=float(e1), e2=float(e2))
 
 
 def describe(system: MockSystem) -> str:

@@ -10,19 +10,38 @@ import math
 import numpy as np
 
 from ..lensing.lens import SOLVED
-from ..model import LOG_THETA_E_SITE, RATIO, RATIO_SITE, RATIO_THETA_E_SITE, Mode, site_names
-from ..priors import kinematic_scale_coordinates
+from ..model import (
+    LOG_THETA_E_SITE,
+    RATIO,
+    RATIO_SITE,
+    RATIO_THETA_E_SITE,
+    THETA_E_FRACTION_SITE,
+    Mode,
+    site_names,
+)
+from ..priors import (
+    DEFAULT_PRIORS,
+    Priors,
+    fraction_from_log_theta_E,
+    kinematic_scale_coordinates,
+)
 from .system import MockSystem
 
 
-def truth_values(system: MockSystem, mode: Mode = "joint") -> dict[str, np.ndarray]:
+def truth_values(
+    system: MockSystem, mode: Mode = "joint", priors: Priors = DEFAULT_PRIORS
+) -> dict[str, np.ndarray]:
     """True values of the sampled sites of ``mode`` and of the main derived quantities.
 
     Kinematics mode has :data:`RATIO` (``D_dt / D_d``) and :data:`RATIO_SITE` (its log) and no
-    ``D_dt`` or ``D_d``; joint mode has ``D_dt``, ``D_d`` and :data:`RATIO`."""
+    ``D_dt`` or ``D_d``; joint mode has ``D_dt``, ``D_d`` and :data:`RATIO`. ``priors``: the
+    boxes of the fit (kinematics mode's ``theta_E_fraction`` depends on them)."""
     t = system.truth
     p = t.params
     lens = t.lens
+    log_ratio_theta_E = float(
+        kinematic_scale_coordinates(p[0], math.log(t.sky.D_dt / t.sky.D_d))[1]
+    )
     values = {
         "theta_E": p[0],
         "gamma": p[1],
@@ -54,8 +73,11 @@ def truth_values(system: MockSystem, mode: Mode = "joint") -> dict[str, np.ndarr
         RATIO_SITE: math.log(t.sky.D_dt / t.sky.D_d),
         RATIO: t.sky.D_dt / t.sky.D_d,
         LOG_THETA_E_SITE: math.log(p[0]),
-        RATIO_THETA_E_SITE: float(
-            kinematic_scale_coordinates(p[0], math.log(t.sky.D_dt / t.sky.D_d))[1]
+        RATIO_THETA_E_SITE: log_ratio_theta_E,
+        THETA_E_FRACTION_SITE: float(
+            fraction_from_log_theta_E(
+                math.log(p[0]), log_ratio_theta_E, priors.theta_E, priors.D_dt, priors.D_d
+            )
         ),
         "r_sersic": p[4],
         "theta_E_epl": lens.theta_E_epl,
@@ -69,7 +91,7 @@ def truth_values(system: MockSystem, mode: Mode = "joint") -> dict[str, np.ndarr
     if mode != "lensing":
         keep.add(RATIO)
     if mode == "kinematics":
-        keep.add(RATIO_SITE)
+        keep |= {RATIO_SITE, LOG_THETA_E_SITE}
     return {k: np.asarray(values[k], dtype=float) for k in values if k in keep}
 
 

@@ -537,7 +537,7 @@ def _run_fit_mock(args) -> int:
 
     jax.config.update("jax_enable_x64", True)
 
-    from skinn_jax.inference.kinematics import load_emulator
+    from skinn_jax.inference.kinematics import PAPER_BOX_EMULATOR, load_emulator
     from skinn_jax.inference.mocks.fit import fit_mock
     from skinn_jax.inference.mocks.system import describe, make_mock_system, plot_mock_system
     from skinn_jax.inference.model import uses_kinematics
@@ -561,7 +561,8 @@ def _run_fit_mock(args) -> int:
         "system": label,
         "test_index": system.test_index,
         "params_source": system.params_source,
-        "checkpoint": str(args.checkpoint or "default") if kinematic else "none (lensing mode)",
+        # (the weights actually used: the paper-box emulator when none is named)
+        "checkpoint": str(args.checkpoint or PAPER_BOX_EMULATOR) if kinematic else "none",
     }
     result = fit_mock(
         system, args.mode, out, emulator=emulator, settings=settings, meta=meta, force=args.force

@@ -6,7 +6,6 @@ kinematics-only end-to-end fit of a few draws) so the module runs in about a min
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -477,17 +476,6 @@ def test_fingerprint_depends_on_the_sampled_coordinates(system, data, monkeypatc
 
     monkeypatch.setattr(driver, "site_names", lambda mode: ("other",) + site_names(mode)[1:])
     assert fit_mod.fingerprint(data, setup, settings, {}) != before
-
-
-def test_fingerprint_leaves_out_the_budget_but_not_what_is_drawn(system, data):
-    """A new budget or threshold resumes the same fit; a new seed or warm-up is another fit."""
-    setup = _setup(data, "lensing", solver_start=solver_start_from_truth(system))
-    base = fit_mod.FitSettings()
-    before = fit_mod.fingerprint(data, setup, base, {})
-    same = dataclasses.replace(base, max_wall_s=60.0, max_samples=9000, max_rhat=1.05, min_ess=50)
-    assert fit_mod.fingerprint(data, setup, same, {}) == before
-    for other in (dataclasses.replace(base, seed=1), dataclasses.replace(base, num_warmup=151)):
-        assert fit_mod.fingerprint(data, setup, other, {}) != before
 
 
 # ----------------------------------------------------------------------------------------------

@@ -205,6 +205,7 @@ def fit_one(task: FitTask, system=None) -> dict:
         task: the system, mode and shared options.
         system: the mock system if already built (else built from ``task``).
     """
+    from .kinematics import PAPER_BOX_EMULATOR
     from .mocks.fit import fit_mock
 
     system = system if system is not None else _mock_system(task.system, task.options)
@@ -218,7 +219,7 @@ def fit_one(task: FitTask, system=None) -> dict:
         meta={
             "label": f"mock system {task.system}",
             "system": task.system,
-            "checkpoint": str(task.options.checkpoint or "default"),
+            "checkpoint": str(task.options.checkpoint or PAPER_BOX_EMULATOR),
         },
         replace_changed=task.options.replace_changed,
         quiet=task.options.quiet,

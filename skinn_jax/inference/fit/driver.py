@@ -30,8 +30,7 @@
 
 A fit that is killed restarts from its last checkpoint when run again with the same inputs (the
 fingerprint of system, mode, settings, priors and emulator weights is stored in
-``fit_state.json``; the convergence thresholds and budget are not part of it, so a fit resumes
-under a new budget). A directory holding a fit with different inputs, finished or not, is never
+``fit_state.json``). A directory holding a fit with different inputs, finished or not, is never
 cleared without ``force``: :func:`fit` raises :class:`OutputExistsError` saying how to proceed
 (another output directory, or ``force``). Results are
 written only when the sampling has finished: nothing partial is ever reported as final.
@@ -77,23 +76,10 @@ from .settings import (
     _to_numpy,
 )
 
-POLICY_FIELDS = (
-    "max_rhat",
-    "min_ess",
-    "max_divergences",
-    "converge",
-    "max_samples",
-    "max_wall_s",
-    "progress_bar",
-)
-"""Fields of :class:`FitSettings` left out of the fingerprint: the convergence thresholds and the
-budget say when a fit stops, not what it draws, so an interrupted fit resumes under new ones
-(e.g. a larger budget)."""
-
 
 def fingerprint(data: SystemData, setup: ModelSetup, settings: FitSettings, extra: dict) -> str:
     """Hash of everything a fit depends on (data, mode, model version and sampled sites, priors,
-    settings but :data:`POLICY_FIELDS`, emulator weights)."""
+    settings, emulator weights)."""
     h = hashlib.sha256()
     for arr in (
         data.imaging.image,
@@ -121,8 +107,7 @@ def fingerprint(data: SystemData, setup: ModelSetup, settings: FitSettings, extr
         if forward.sampling != "points":  # fingerprints of point-sampled fits stay as they were
             h.update(f"kinematic sampling {forward.sampling}".encode())
     fit_fields = dataclasses.asdict(settings)
-    for name in POLICY_FIELDS:  # they decide when to stop, not what is drawn
-        fit_fields.pop(name)
+    fit_fields.pop("progress_bar")
     h.update(json.dumps(fit_fields, sort_keys=True).encode())
     h.update(json.dumps(extra, sort_keys=True, default=_json_default).encode())
     return h.hexdigest()[:16]

@@ -2,8 +2,9 @@
 
 :func:`find_map` minimises the potential of :func:`skinn_jax.inference.model.model` (minus the log
 posterior in NumPyro's unconstrained coordinates, transform Jacobians included) with optax's
-L-BFGS and its zoom line search (``optax.lbfgs``), in coordinates whitened by the Laplace
-covariance at the start, then refines it by Newton steps; the Laplace covariance at the MAP (the
+L-BFGS and its zoom line search (``optax.lbfgs``; the line search calls the compiled potential
+through :func:`compiled_objective`), in coordinates whitened by the Laplace covariance at the
+start, then refines it by Newton steps; the Laplace covariance at the MAP (the
 inverse of the exact Hessian, ``jax.hessian``, made positive definite and capped at the prior's
 width) is NUTS's dense inverse mass matrix.
 
@@ -247,6 +248,58 @@ class LbfgsResult(NamedTuple):
 
 
 @lru_cache(maxsize=4)
+def compiled_objective(value_and_grad, size: int):
+    """``z -> value`` of an already compiled float64 ``value_and_grad``, as a JAX function that
+    optax's line search can call and differentiate without compiling the potential again.
+
+    Inside a compiled program (the L-BFGS step) each call is one ``jax.pure_callback`` to
+    ``value_and_grad``, which returns the value and gradient together; a custom VJP hands the
+    gradient to reverse mode. The step then compiles in seconds instead of inlining the potential
+    (for the joint model, optax's zoom line search holds it twice: ~70 s on 2 cores). The results
+    cross the callback as the float64 values' bits (``uint32`` pairs), exact whatever the callback
+    thread's ``jax_enable_x64`` state.
+
+    Args:
+        value_and_grad: compiled ``z -> (value, gradient)``, float64, ``z`` of shape (size,).
+        size: the length of ``z``.
+
+    Returns:
+        ``objective(z)``: a scalar float64 JAX function with a gradient.
+
+    Example:
+        >>> vg = jax.jit(jax.value_and_grad(lambda z: jnp.sum(z**2)))
+        >>> f = compiled_objective(vg, 3)  # then lbfgs(f, x0, start=vg(x0))
+    """
+    out = jax.ShapeDtypeStruct((2 * (size + 1),), np.uint32)
+
+    def host(z):
+        # a callback runs with the default device set and its argument committed to it: called
+        # so, ``value_and_grad`` would be traced and compiled once more; a NumPy copy is not
+        z = np.array(z, np.float64)
+        with jax.enable_x64(True), jax.default_device(None):
+            value, grad = value_and_grad(z)
+            both = np.concatenate(
+                [np.asarray(value, np.float64)[None], np.asarray(grad, np.float64)]
+            )
+        return both.view(np.uint32)
+
+    def value_and_grad_via_callback(z):
+        bits = jax.pure_callback(host, out, z)
+        both = jax.lax.bitcast_convert_type(bits.reshape(size + 1, 2), jnp.float64)
+        return both[0], both[1:]
+
+    @jax.custom_vjp
+    def objective(z):
+        return value_and_grad_via_callback(z)[0]
+
+    def backward(grad, cotangent):
+        return (cotangent * grad,)
+
+    objective.defvjp(value_and_grad_via_callback, backward)
+    return objective
+
+
+@lru_cache(maxsize=4)
 def _lbfgs_step(fun, memory_size: int):
     """The compiled L-BFGS iteration (optax's L-BFGS and zoom line search) of ``fun``, cached so
     that repeated runs on one function (MAP, then Newton refinements) compile it once.
@@ -362,7 +415,10 @@ def find_map(pot: Potential, settings: FitSettings, quiet: bool = False) -> MapR
     d = z0.size
     exact = pot.potential if settings.exact_hessian else None
     laplace = partial(whitened_covariance, vg, potential=exact)
-    whitened = _whitened(pot.potential)
+    # on CPU the line search calls the compiled potential back; on an accelerator a host callback
+    # into a device program is not safe, and the step inlines the potential
+    on_cpu = jax.default_backend() == "cpu"
+    whitened = _whitened(compiled_objective(vg, d) if on_cpu else pot.potential)
     if exact is None:
         hess0 = difference_hessian(vg, z0, np.eye(d) * RAW_HESSIAN_STEP) / RAW_HESSIAN_STEP
     else:

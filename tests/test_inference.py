@@ -478,6 +478,20 @@ def test_fingerprint_depends_on_the_sampled_coordinates(system, data, monkeypatc
     assert fit_mod.fingerprint(data, setup, settings, {}) != before
 
 
+def test_fingerprint_ignores_the_last_bits_of_the_data(system, data):
+    """Mock data rebuilt in another process differ in their last float64 bits (threaded sums):
+    the same fit; a real change of the data is another fit."""
+    from dataclasses import replace
+
+    setup = _setup(data, "lensing", solver_start=solver_start_from_truth(system))
+    settings = fit_mod.FitSettings()
+    before = fit_mod.fingerprint(data, setup, settings, {})
+    kin = data.kinematics
+    for factor, same in ((1 + 4e-16, True), (1 + 1e-5, False)):
+        changed = data._replace(kinematics=replace(kin, vrms=np.asarray(kin.vrms) * factor))
+        assert (fit_mod.fingerprint(changed, setup, settings, {}) == before) is same, factor
+
+
 # ----------------------------------------------------------------------------------------------
 # Study statistics
 

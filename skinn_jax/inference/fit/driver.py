@@ -77,6 +77,13 @@ from .settings import (
 )
 
 
+def _data_bytes(arr) -> bytes:
+    """The bytes of ``arr`` at float32 precision, for the fingerprint: data rebuilt in another
+    process (a mock's JAM truth and light weights, threaded sums) can differ in their last float64
+    bits, which must not make the same inputs look like other ones."""
+    return np.ascontiguousarray(np.asarray(arr, np.float32)).tobytes()
+
+
 def fingerprint(data: SystemData, setup: ModelSetup, settings: FitSettings, extra: dict) -> str:
     """Hash of everything a fit depends on (data, mode, model version and sampled sites, priors,
     settings, emulator weights)."""
@@ -90,13 +97,13 @@ def fingerprint(data: SystemData, setup: ModelSetup, settings: FitSettings, extr
         data.kinematics.covariance,
         data.kinematics.bin_map,
     ):
-        h.update(np.ascontiguousarray(np.asarray(arr, float)).tobytes())
+        h.update(_data_bytes(arr))
     h.update(f"{setup.mode} model v{MODEL_VERSION}".encode())
     # the sampled coordinates (a checkpoint's flat vector means nothing in others)
     h.update(repr(site_names(setup.mode)).encode())
     h.update(repr(dataclasses.astuple(setup.priors)).encode())
     h.update(repr(setup.newton_iterations).encode())
-    h.update(np.asarray(data.image_positions, float).tobytes())
+    h.update(_data_bytes(data.image_positions))
     if data.light_shape is not None and uses_light_shape(setup.mode):
         h.update(np.asarray(data.light_shape, float).tobytes())
     if setup.imaging is not None:

@@ -16,7 +16,7 @@ Builds :class:`skinn_jax.ifu.KinematicData` (CONVENTIONS §6) from arrays or fil
   positions and, for kinematics-only fits, the light's ellipticity measured on the imaging
   (:class:`LightShape`).
 
-Imports: ``skinn_jax`` core only (``ifu``).
+Imports: ``skinn_jax`` core only (``ifu``, ``profiles``).
 
 Angular frame
 -------------
@@ -49,9 +49,11 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
+import jax
 import numpy as np
 
 from skinn_jax.ifu import PSF, KinematicData, SpaxelGrid
+from skinn_jax.profiles import e1e2_from_q_phi
 
 if TYPE_CHECKING:
     from .lensing.imaging import ImagingSettings
@@ -478,8 +480,9 @@ def light_shape_from_q_phi(q: float, phi: float, sigma: float) -> LightShape:
         raise ValueError(f"position angle phi must be a finite number of radians, got {phi}")
     if not (np.isfinite(sigma) and sigma > 0.0):
         raise ValueError(f"ellipticity uncertainty sigma must be a finite number > 0, got {sigma}")
-    eps = (1.0 - q) / (1.0 + q)
-    return LightShape(eps * math.cos(2.0 * phi), eps * math.sin(2.0 * phi), float(sigma))
+    with jax.enable_x64(True):  # (float64 whatever the caller's setting)
+        e1, e2 = e1e2_from_q_phi(q, phi)
+    return LightShape(float(e1), float(e2), float(sigma))
 
 
 class SystemData(NamedTuple):

@@ -23,7 +23,14 @@ from skinn_jax.inference.data import SystemData
 from skinn_jax.inference.fit.chains import Chains
 from skinn_jax.inference.kinematics import EmulatorField, emulator_params, load_emulator
 from skinn_jax.inference.lensing import CoredPowerLaw, ImagingSettings
-from skinn_jax.inference.lensing.lens import epl_from_mass, mass_from_epl, solve_lens
+from skinn_jax.inference.lensing.lens import (
+    aperture_magnitude,
+    epl_from_mass,
+    mass_from_epl,
+    solve_lens,
+    solved_lens_params,
+    total_magnitude,
+)
 from skinn_jax.inference.mocks.kinematics import MockSettings, field_for_forward_model
 from skinn_jax.inference.mocks.system import (
     BUILTIN_PARAMS,
@@ -181,6 +188,12 @@ def test_model_image_at_the_truth_is_the_mocks_noiseless_image(system, data):
     n_pix = noise.size
     assert chi2_noiseless < 1e-2, chi2_noiseless
     assert abs(pred.chi2["imaging"] - n_pix) < 5 * np.sqrt(2 * n_pix), pred.chi2["imaging"]
+    # the lens light sampled by its magnitude inside 1": the total is the mock's
+    from skinn_jax.inference.predict import trace_at
+
+    trace = trace_at(data, setup, {k: truth[k] for k in site_names("lensing")}, False)
+    assert float(trace["lens_mag"]) == pytest.approx(float(truth["lens_mag"]), abs=1e-6)
+    assert float(truth["lens_mag_aperture"]) > float(truth["lens_mag"])
     # (model v6) ... with the quasar's five images drawn in windows smaller than the image
     windows = setup.imaging.windows
     assert windows.index.shape[0] == 5 and windows.index.shape[1] < noise.shape[0]
@@ -315,6 +328,8 @@ def test_log_density_is_unchanged_from_the_reference(system, data, emulator, mod
     0.02 of it (2e-6 relative at the far points, where the quasar's residuals are large)."""
     from dataclasses import replace
 
+    from numpyro.distributions import constraints
+    from numpyro.distributions.transforms import biject_to
     from numpyro.infer.util import potential_energy, unconstrain_fn
 
     from skinn_jax.inference.lensing.imaging import ImagingModel
@@ -327,12 +342,31 @@ def test_log_density_is_unchanged_from_the_reference(system, data, emulator, mod
         setup = replace(windowed, imaging=ImagingModel(windowed.imaging.settings))
     prefix = f"{mode}/point/"
     names = [k[len(prefix) :] for k in ref.files if k.startswith(prefix)]
-    old_sites = [LOG_THETA_E_SITE if n == THETA_E_FRACTION_SITE else n for n in site_names(mode)]
+    renamed = {THETA_E_FRACTION_SITE: LOG_THETA_E_SITE, "lens_mag_aperture": "lens_mag"}
+    old_sites = [renamed.get(n, n) for n in site_names(mode)]
     assert sorted(names) == sorted(old_sites)
     pr = setup.priors
     for i in range(3):
         values = {name: jnp.asarray(ref[prefix + name][i]) for name in names}
         expected_ld = float(ref[f"{mode}/log_density"][i])
+        expected_pe = float(ref[f"{mode}/potential_energy"][i])
+        if "lens_mag" in values:  # the stored point in the sampled coordinates of today
+            lens_mag = values.pop("lens_mag")
+            values["lens_mag_aperture"] = lens_mag  # (a placeholder: theta_E does not need it)
+            theta_E = solved_lens_params(setup, values)[1]["theta_E"]
+            r_sersic, n_sersic = values["r_sersic_ratio"] * theta_E, values["n_sersic"]
+            m_ap = aperture_magnitude(lens_mag, r_sersic, n_sersic)
+            assert float(total_magnitude(m_ap, r_sersic, n_sersic)) == pytest.approx(
+                float(lens_mag), abs=1e-12
+            )
+            values["lens_mag_aperture"] = m_ap
+            # the density in (m_ap, r, n) is that in (lens_mag, r, n) (Jacobian 1, same box
+            # width); the potential differs by the two interval bijections' Jacobians
+            box = biject_to(constraints.interval(*pr.lens_mag_aperture))
+            expected_pe += float(
+                box.log_abs_det_jacobian(box.inv(lens_mag), lens_mag)
+                - box.log_abs_det_jacobian(box.inv(m_ap), m_ap)
+            )
         if mode == "kinematics":  # the stored point in the sampled coordinates of today
             u, w = values.pop(LOG_THETA_E_SITE), values[RATIO_THETA_E_SITE]
             f = fraction_from_log_theta_E(u, w, pr.theta_E, pr.D_dt, pr.D_d)
@@ -349,7 +383,6 @@ def test_log_density_is_unchanged_from_the_reference(system, data, emulator, mod
         assert np.isfinite(ld) and np.isfinite(pe)
         assert ld == pytest.approx(expected_ld, rel=1e-8, abs=1e-5), (i, ld, expected_ld)
         if mode != "kinematics":  # (other sampled coordinates: other bijection Jacobians)
-            expected_pe = float(ref[f"{mode}/potential_energy"][i])
             assert pe == pytest.approx(expected_pe, rel=1e-8, abs=1e-5), (i, pe, expected_pe)
         # the windows change the log density by the quasar's far PSF wings alone
         assert float(log_density(data, windowed, values)) == pytest.approx(ld, rel=2e-6, abs=0.02)

@@ -298,3 +298,44 @@ def test_jit_and_vmap_agree_with_eager():
     batched = jax.vmap(prof.sersic_light, in_axes=(None, None, None, 0, None))(x, 0.2, 1.0, n, 0.7)
     assert batched.shape == (3, 7)
     np.testing.assert_allclose(batched[1], prof.sersic_light(x, 0.2, 1.0, 3.0, 0.7), rtol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "radius, r_sersic, n_sersic, q",
+    [(1.0, 0.4, 2.0, 0.7), (1.0, 1.5, 4.0, 0.9), (0.5, 2.0, 0.8, 0.5)],
+)
+def test_sersic_enclosed_fraction_against_direct_integration(radius, r_sersic, n_sersic, q):
+    """The flux inside the isophote ``m < radius``, summed on a fine polar grid of the elliptical
+    light (:func:`sersic_light`), over the exact total flux (:func:`sersic_total_flux`)."""
+    # x = m cos t, y = q m sin t covers the isophote m; area element q m dm dt
+    m = np.linspace(0.0, radius, 20001)[1:]
+    t = np.linspace(0.0, 2 * np.pi, 73)[:-1]
+    light = prof.sersic_light(
+        m[:, None] * np.cos(t), q * m[:, None] * np.sin(t), r_sersic, n_sersic, q
+    )
+    integrand = np.asarray(light).mean(axis=1) * 2 * np.pi * q * m
+    inside = np.sum(0.5 * (integrand[1:] + integrand[:-1]) * np.diff(m))
+    inside += 0.5 * integrand[0] * m[0]  # (the first sliver, 0 < m < m[0])
+    expected = inside / float(prof.sersic_total_flux(r_sersic, n_sersic, q))
+    got = float(prof.sersic_enclosed_fraction(radius, r_sersic, n_sersic))
+    assert got == pytest.approx(expected, rel=2e-4)
+    assert float(prof.sersic_enclosed_fraction(r_sersic, r_sersic, n_sersic)) == pytest.approx(
+        0.5, abs=1e-12
+    )
+
+
+def test_sersic_enclosed_fraction_derivatives():
+    """First derivatives against central differences; second derivatives exist and agree with
+    differences of the first (the exact-Hessian MAP step needs them)."""
+    f = prof.sersic_enclosed_fraction
+    args = np.array([0.6, 3.0])  # r_sersic, n_sersic
+    g = jax.grad(lambda a: f(1.0, a[0], a[1]))
+    h = 1e-6
+    for k in range(2):
+        e = np.eye(2)[k] * h
+        fd = (float(f(1.0, *(args + e))) - float(f(1.0, *(args - e)))) / (2 * h)
+        assert float(g(args)[k]) == pytest.approx(fd, rel=1e-6)
+    hess = jax.hessian(lambda a: f(1.0, a[0], a[1]))(args)
+    fd2 = np.stack([(g(args + np.eye(2)[k] * 1e-5) - g(args - np.eye(2)[k] * 1e-5)) / 2e-5
+                    for k in range(2)])  # fmt: skip
+    np.testing.assert_allclose(hess, fd2, rtol=1e-5, atol=1e-8)

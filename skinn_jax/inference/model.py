@@ -45,7 +45,7 @@ site                    unit                    meaning
 ``q_light``             --                      lens-light axis ratio
 ``r_sersic_ratio``      --                      lens-light half-light radius / emulator theta_E
 ``n_sersic``            --                      lens-light Sérsic index
-``lens_mag``            mag                     lens-light total magnitude
+``lens_mag_aperture``   mag                     lens-light magnitude inside the 1″ isophote
 ``src_r, src_n``        arcsec, --              source Sérsic radius and index
 ``src_mag``             mag                     source total magnitude
 ``ps_mag``              mag, (4,)               quasar image magnitudes
@@ -142,7 +142,13 @@ from .kinematics import (
     sky_params,
 )
 from .lensing.imaging import ImagingModel, ImagingSettings, quasar_windows
-from .lensing.lens import SOLVED, log_epl_jacobian, solved_lens_params, solver_start_vector
+from .lensing.lens import (
+    SOLVED,
+    log_epl_jacobian,
+    solved_lens_params,
+    solver_start_vector,
+    total_magnitude,
+)
 from .priors import (
     DEFAULT_PRIORS,
     Priors,
@@ -445,10 +451,16 @@ light_block = _boxes_block("q_light", "r_sersic_ratio", "n_sersic")
 """Every mode: the lens light's shape."""
 
 
-@_block("lens_mag", "src_r", "src_n", "src_mag", "ps_mag")
+@_block("lens_mag_aperture", "src_r", "src_n", "src_mag", "ps_mag")
 def flux_block(v, data, setup, predictions) -> None:
-    """Lensing and joint modes: lens-light and source magnitudes and sizes, quasar magnitudes."""
-    _sample_boxes(v, setup, ("lens_mag", "src_r", "src_n", "src_mag"))
+    """Lensing and joint modes: lens-light and source magnitudes and sizes, quasar magnitudes.
+
+    The lens light's magnitude is sampled inside the isophote of major-axis radius
+    :data:`~skinn_jax.inference.lensing.lens.LENS_MAG_APERTURE_ARCSEC` (what the imaging
+    measures), not as its total (an extrapolation that trades off against ``r_sersic`` and
+    ``n_sersic``); the total ``lens_mag`` is a deterministic site of :func:`lens_block`.
+    """
+    _sample_boxes(v, setup, ("lens_mag_aperture", "src_r", "src_n", "src_mag"))
     v["ps_mag"] = _uniform("ps_mag", setup.priors.ps_mag, (N_IMAGES,))
 
 
@@ -544,6 +556,9 @@ def lens_block(v, data, setup, predictions) -> None:
     for name in SOLVED + ("theta_E", "q_mass", "phi", "ps_y"):
         numpyro.deterministic(name, derived[name])
     numpyro.deterministic("lens_eq_residual", residual)
+    numpyro.deterministic(
+        "lens_mag", total_magnitude(v["lens_mag_aperture"], lens.r_sersic, v["n_sersic"])
+    )
     inside = _inside(v["theta_E"], pr.theta_E) & _inside(v["q_mass"], pr.q_mass)
     for name in ("gamma1", "gamma2", "src_x", "src_y"):
         inside = inside & _inside(v[name], getattr(pr, name))

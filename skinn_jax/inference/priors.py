@@ -52,7 +52,7 @@ class Priors:
     q_light: tuple[float, float] = PARAM_BOX["q_light"]
     r_sersic_ratio: tuple[float, float] = R_SERSIC_RATIO_BOX
     n_sersic: tuple[float, float] = PARAM_BOX["n_sersic"]
-    lens_mag: tuple[float, float] = (16.0, 22.0)
+    lens_mag_aperture: tuple[float, float] = (16.0, 22.0)
     src_x: tuple[float, float] = (-1.0, 1.0)
     src_y: tuple[float, float] = (-1.0, 1.0)
     src_r: tuple[float, float] = (0.02, 0.5)

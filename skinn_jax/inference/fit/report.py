@@ -34,6 +34,7 @@ DERIVED_SUMMARY = (
     "q_mass",
     "phi",
     "r_sersic",
+    "lens_mag",
     "theta_E_epl",
     "e1",
     "e2",

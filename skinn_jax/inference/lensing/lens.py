@@ -22,6 +22,7 @@ from jax import Array
 from skinn_jax.profiles import (
     e1e2_from_q_phi,
     q_phi_from_e1e2,
+    sersic_enclosed_fraction,
     sersic_total_flux,
     theta_E_epl_from_emulator,
     theta_E_from_epl,
@@ -37,6 +38,30 @@ if TYPE_CHECKING:  # (annotations only: the model imports this module)
 
 SOLVED: tuple[str, ...] = ("theta_E_epl", "e1", "e2", "gamma1", "gamma2", "src_x", "src_y")
 """Lens parameters solved from the image positions in lensing and joint modes (plus ``ps_y[3]``)."""
+
+
+LENS_MAG_APERTURE_ARCSEC = 1.0
+"""Major-axis radius (arcsec) of the isophote inside which the lens light's sampled magnitude
+``lens_mag_aperture`` is measured. The imaging constrains the light inside ~1″ far better than
+its extrapolated total: on the study's joint fits the total magnitude was correlated with
+``r_sersic`` (-0.95) and ``n_sersic`` (-0.82), a curved ridge that mixed slowly (mock system 4:
+ESS 20 in 2,800 draws); the magnitude inside 1″ has correlations below 0.25 with both and a
+third to a quarter of the width."""
+
+
+def total_magnitude(lens_mag_aperture, r_sersic, n_sersic) -> Array:
+    """Total magnitude of the lens light from its magnitude inside
+    :data:`LENS_MAG_APERTURE_ARCSEC`: ``m_ap + 2.5 log10 f`` with ``f`` the enclosed fraction
+    (:func:`skinn_jax.profiles.sersic_enclosed_fraction`). ``r_sersic`` in arcsec."""
+    fraction = sersic_enclosed_fraction(LENS_MAG_APERTURE_ARCSEC, r_sersic, n_sersic)
+    return lens_mag_aperture + 2.5 * jnp.log10(fraction)
+
+
+def aperture_magnitude(lens_mag, r_sersic, n_sersic) -> Array:
+    """Inverse of :func:`total_magnitude`: the magnitude inside :data:`LENS_MAG_APERTURE_ARCSEC`
+    of a light of total magnitude ``lens_mag``."""
+    fraction = sersic_enclosed_fraction(LENS_MAG_APERTURE_ARCSEC, r_sersic, n_sersic)
+    return lens_mag - 2.5 * jnp.log10(fraction)
 
 
 def mass_from_epl(theta_E_epl, gamma, e1, e2) -> dict:
@@ -80,13 +105,15 @@ def lens_params(values: dict, zero_point: float) -> LensParams:
     """Herculens imaging parameters from a dict with the EPL mass, shear, source and images.
 
     ``values`` holds ``theta_E_epl, e1, e2, gamma, center_x, center_y, gamma1, gamma2,
-    src_x, src_y, ps_x (4,), ps_y (4,)``, the light parameters and magnitudes, and the emulator
-    ``theta_E`` and ``phi`` (for ``r_sersic`` and the light's position angle). Amplitudes come
-    from total magnitudes with the exact Sérsic total flux; the central image's flux is left at
-    zero (:func:`with_central_image`).
+    src_x, src_y, ps_x (4,), ps_y (4,)``, the light parameters and magnitudes (the lens light's
+    inside :data:`LENS_MAG_APERTURE_ARCSEC`, the source's total), and the emulator ``theta_E`` and
+    ``phi`` (for ``r_sersic`` and the light's position angle). Amplitudes come from the
+    magnitudes with the exact Sérsic total flux; the central image's flux is left at zero
+    (:func:`with_central_image`).
     """
     r_sersic = values["r_sersic_ratio"] * values["theta_E"]
-    lens_flux = flux_from_magnitude(values["lens_mag"], zero_point)
+    lens_mag = total_magnitude(values["lens_mag_aperture"], r_sersic, values["n_sersic"])
+    lens_flux = flux_from_magnitude(lens_mag, zero_point)
     src_flux = flux_from_magnitude(values["src_mag"], zero_point)
     return LensParams(
         theta_E_epl=values["theta_E_epl"],

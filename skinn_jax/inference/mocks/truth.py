@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 
+import jax
 import numpy as np
 
-from ..lensing.lens import SOLVED
+from ..lensing.lens import SOLVED, aperture_magnitude
 from ..model import (
     LOG_THETA_E_SITE,
     RATIO,
@@ -42,6 +43,8 @@ def truth_values(
     log_ratio_theta_E = float(
         kinematic_scale_coordinates(p[0], math.log(t.sky.D_dt / t.sky.D_d))[1]
     )
+    with jax.enable_x64(True):
+        lens_mag_aperture = float(aperture_magnitude(t.lens_magnitude, p[4], p[5]))
     values = {
         "theta_E": p[0],
         "gamma": p[1],
@@ -55,6 +58,7 @@ def truth_values(
         "r_sersic_ratio": p[4] / p[0],
         "n_sersic": p[5],
         "lens_mag": t.lens_magnitude,
+        "lens_mag_aperture": lens_mag_aperture,
         "src_x": lens.src_x,
         "src_y": lens.src_y,
         "src_r": lens.src_r,
@@ -87,7 +91,7 @@ def truth_values(
     keep = set(site_names(mode)) | {"r_sersic", "theta_E", "q_mass", "phi"}
     if mode != "kinematics":  # (kinematics mode has no D_dt, D_d: only their ratio)
         keep |= {"theta_E_epl", "e1", "e2", "gamma1", "gamma2", "src_x", "src_y", "ps_y"}
-        keep |= {"D_dt", "D_d"}
+        keep |= {"D_dt", "D_d", "lens_mag"}
     if mode != "lensing":
         keep.add(RATIO)
     if mode == "kinematics":

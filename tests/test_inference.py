@@ -883,6 +883,19 @@ def test_study_reports_the_distance_ratio_of_kinematics_and_joint_fits(tmp_path)
             "widths": widths, "width_ratios": ratios, "reweighting": {}, "timings": [],
         }
     )  # fmt: skip
+    # both counts of converged fits: the policy's and R-hat/ESS alone
+    rows = [{"system": k, "mode": m, "fit_s": 1.0, "evaluations": 1, "eval_s": 1e-3,
+             "converged": False} for k in range(3) for m in ("joint", "kinematics")]  # fmt: skip
+    text = run_study.markdown(
+        {
+            "n_systems": 3, "modes": ["joint", "kinematics"], "coverage": coverage,
+            "coverage_converged": coverage, "n_converged": {"joint": 1, "kinematics": 2},
+            "n_mixed": {"joint": 3, "kinematics": 2}, "widths": widths, "width_ratios": ratios,
+            "reweighting": {}, "timings": rows,
+        }
+    )  # fmt: skip
+    assert "no divergences): joint 1, kinematics 2. By R-hat and ESS alone" in text
+    assert "(the issue's definition): joint 3, kinematics 2. Fits per mode: joint 3" in text
 
 
 def _quadratic(hess: np.ndarray):

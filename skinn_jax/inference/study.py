@@ -662,6 +662,19 @@ def markdown(summary: dict) -> str:
     sections = [("## Coverage", summary["coverage"])]
     if "coverage_converged" in summary:
         n_conv = ", ".join(f"{m} {n}" for m, n in summary.get("n_converged", {}).items())
+        if "n_mixed" in summary:
+            n_mixed = ", ".join(f"{m} {n}" for m, n in summary["n_mixed"].items())
+            lines += [
+                f"Converged by the policy (R-hat <= 1.01, bulk and tail ESS >= 400, no "
+                f"divergences): {n_conv}. By R-hat and ESS alone (the issue's definition): "
+                f"{n_mixed}. Fits per mode: "
+                + ", ".join(
+                    f"{m} {sum(1 for row in summary['timings'] if row['mode'] == m)}"
+                    for m in summary["modes"]
+                )
+                + ".",
+                "",
+            ]
         sections.append(
             (
                 "## Coverage, converged fits only (R-hat <= 1.01, bulk and tail ESS >= 400, no "
@@ -826,6 +839,9 @@ def main(argv: list[str] | None = None) -> int:
         "coverage": coverage,
         "n_converged": {
             m: sum(c for (_, mm), c in converged.items() if mm == m) for m in args.modes
+        },  # fmt: skip
+        "n_mixed": {
+            m: sum(v.mixed for (_, mm), v in verdicts.items() if mm == m) for m in args.modes
         },  # fmt: skip
         "coverage_converged": coverage_table(kept, args.modes),
         "widths": widths(results),

@@ -315,6 +315,28 @@ def test_joint_log_density_at_truth_is_finite_with_finite_gradient_and_beats_wro
 REFERENCE = Path(__file__).parent / "data" / "joint_log_density_reference.npz"
 
 
+def _log_jacobians(data, setup, values: dict, logit: bool) -> float:
+    """Sum over the sampled sites of ``log |dx/dz|`` of their box bijection at ``values``: NumPyro's
+    logit (``logit``, the reference's coordinates) or the site's own (the probit of
+    :class:`~skinn_jax.inference.priors.BoxUniform`)."""
+    from numpyro import handlers
+    from numpyro.distributions import constraints
+    from numpyro.distributions.transforms import biject_to
+
+    point = {k: jnp.asarray(v) for k, v in values.items()}
+    trace = handlers.trace(handlers.substitute(model, data=point)).get_trace(data, setup)
+    total = 0.0
+    for name in site_names(setup.mode):
+        support = trace[name]["fn"].support
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        if logit:
+            support = constraints.interval(support.lower_bound, support.upper_bound)
+        t, x = biject_to(support), point[name]
+        total += float(jnp.sum(t.log_abs_det_jacobian(t.inv(x), x)))
+    return total
+
+
 @pytest.mark.parametrize("mode", ["joint", "lensing", "kinematics"])
 def test_log_density_is_unchanged_from_the_reference(system, data, emulator, mode):
     """Issue 19, case 4: the model's log density (constrained sites) and the sampler's potential
@@ -328,8 +350,6 @@ def test_log_density_is_unchanged_from_the_reference(system, data, emulator, mod
     0.02 of it (2e-6 relative at the far points, where the quasar's residuals are large)."""
     from dataclasses import replace
 
-    from numpyro.distributions import constraints
-    from numpyro.distributions.transforms import biject_to
     from numpyro.infer.util import potential_energy, unconstrain_fn
 
     from skinn_jax.inference.lensing.imaging import ImagingModel
@@ -360,13 +380,12 @@ def test_log_density_is_unchanged_from_the_reference(system, data, emulator, mod
                 float(lens_mag), abs=1e-12
             )
             values["lens_mag_aperture"] = m_ap
-            # the density in (m_ap, r, n) is that in (lens_mag, r, n) (Jacobian 1, same box
-            # width); the potential differs by the two interval bijections' Jacobians
-            box = biject_to(constraints.interval(*pr.lens_mag_aperture))
-            expected_pe += float(
-                box.log_abs_det_jacobian(box.inv(lens_mag), lens_mag)
-                - box.log_abs_det_jacobian(box.inv(m_ap), m_ap)
-            )
+            # (the density in (m_ap, r, n) is that in (lens_mag, r, n): Jacobian 1, same box)
+            old_values = {**values, "lens_mag_aperture": lens_mag}
+            # the potential differs by the bijections' Jacobians: the reference's logit of each
+            # box at the old values, today's probit (BoxUniform) at the new ones
+            expected_pe += _log_jacobians(data, setup, old_values, logit=True)
+            expected_pe -= _log_jacobians(data, setup, values, logit=False)
         if mode == "kinematics":  # the stored point in the sampled coordinates of today
             u, w = values.pop(LOG_THETA_E_SITE), values[RATIO_THETA_E_SITE]
             f = fraction_from_log_theta_E(u, w, pr.theta_E, pr.D_dt, pr.D_d)
@@ -939,3 +958,56 @@ def test_cap_variance_lowers_only_the_broad_eigenvalues():
     capped = fit_mod.cap_variance(cov, 2.0)
     np.testing.assert_allclose(np.linalg.eigvalsh(capped), [0.1, 1.0, 2.0, 2.0], rtol=1e-10)
     np.testing.assert_allclose(capped @ q[:, 0], 0.1 * q[:, 0], atol=1e-12)
+
+
+def test_box_prior_is_a_standard_normal_in_the_probit_coordinate():
+    """:class:`BoxUniform`: the sampler's coordinate z of a box is its probit, so the potential of
+    a uniform site is exactly ``z²/2 + log √(2π)``; the bijection round-trips and its log
+    Jacobian is autodiff's; standard-normal z map to uniform draws in the box."""
+    import numpyro
+    from numpyro.distributions.transforms import biject_to
+    from numpyro.infer.util import potential_energy
+    from scipy import stats
+
+    from skinn_jax.inference.priors import BoxUniform
+
+    low, high = 0.5, 1.0
+
+    def one_box():
+        numpyro.sample("x", BoxUniform(low, high))
+
+    z = jnp.linspace(-6.0, 6.0, 25)
+    pe = jax.vmap(lambda zz: potential_energy(one_box, (), {}, {"x": zz}))(z)
+    np.testing.assert_allclose(pe, 0.5 * z**2 + 0.5 * math.log(2 * math.pi), rtol=1e-12)
+    t = biject_to(BoxUniform(low, high).support)
+    x = t(z)
+    assert np.all((x > low) & (x < high))
+    np.testing.assert_allclose(t.inv(x), z, atol=1e-8)
+    np.testing.assert_allclose(
+        t.log_abs_det_jacobian(z, x), jnp.log(jax.vmap(jax.grad(t))(z)), rtol=1e-10
+    )
+    draws = t(jax.random.normal(jax.random.PRNGKey(0), (20_000,)))
+    assert stats.kstest(np.asarray(draws), stats.uniform(low, high - low).cdf).pvalue > 1e-3
+    # (standard normal z through the logit's sigmoid are not uniform: the test can tell)
+    sigmoid = jax.nn.sigmoid(jax.random.normal(jax.random.PRNGKey(0), (20_000,)))
+    logit_draws = np.asarray(low + (high - low) * sigmoid)
+    assert stats.kstest(logit_draws, stats.uniform(low, high - low).cdf).pvalue < 1e-3
+
+
+@pytest.mark.parametrize("mode", ["joint", "lensing", "kinematics"])
+def test_every_box_of_the_model_is_sampled_through_the_probit(system, data, mode):
+    """Every sampled site of every mode has a probit box (no logit coordinate is left)."""
+    from numpyro import handlers
+    from numpyro.distributions import constraints
+
+    from skinn_jax.inference.priors import BoxUniform
+
+    setup = _setup(data, mode, solver_start=solver_start_from_truth(system))
+    truth = truth_values(system, mode)
+    point = {k: jnp.asarray(truth[k]) for k in site_names(mode)}
+    trace = handlers.trace(handlers.substitute(model, data=point)).get_trace(data, setup)
+    for name in site_names(mode):
+        support = trace[name]["fn"].support
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        assert type(support) is type(BoxUniform(0.0, 1.0).support), name

@@ -26,6 +26,11 @@ image-position Jacobian had the wrong sign, a tilt of ~10 per unit ``gamma`` in 
 
 Sampled coordinates
 -------------------
+Every box is a :class:`~skinn_jax.inference.priors.BoxUniform`: the sampler moves its probit
+``Φ⁻¹((x - low) / (high - low))``, in which the uniform prior is a standard normal, so that a
+posterior against a face has a Gaussian tail in the sampled coordinate (NumPyro's default logit
+gives an exponential one; see ``docs/convergence.md``).
+
 Lensing and joint modes: the quasar's four images are measured to ~1 mas by the imaging, and
 sampling the lens parameters directly makes a strongly curved posterior (a change of the
 loosely constrained slope must be compensated by non-linear changes of the tightly constrained
@@ -125,7 +130,6 @@ from typing import Literal, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 import numpyro
-import numpyro.distributions as dist
 from jax import Array
 
 from skinn_jax.forward import MapField
@@ -151,6 +155,7 @@ from .lensing.lens import (
 )
 from .priors import (
     DEFAULT_PRIORS,
+    BoxUniform,
     Priors,
     distance_log_jacobian,
     from_kinematic_scale_coordinates,
@@ -169,7 +174,7 @@ N_IMAGES = 4
 
 DEFAULT_IMAGING = ImagingSettings()
 
-MODEL_VERSION = 6
+MODEL_VERSION = 7
 """Version of the model, part of every fit's fingerprint (what changed in each version:
 CHANGELOG.md, "Model versions")."""
 
@@ -407,7 +412,7 @@ def _inside(value, box) -> Array:
 
 
 def _uniform(name: str, box: tuple[float, float], shape: tuple[int, ...] = ()):
-    d = dist.Uniform(box[0], box[1])
+    d = BoxUniform(box[0], box[1])
     if shape:
         d = d.expand(shape).to_event(len(shape))
     return numpyro.sample(name, d)
@@ -478,10 +483,10 @@ def image_position_block(v, data, setup, predictions) -> None:
     measured = np.asarray(data.image_positions, float)
     lo, hi = setup.priors.ps_offset
     v["ps_x"] = numpyro.sample(
-        "ps_x", dist.Uniform(measured[:, 0] + lo, measured[:, 0] + hi).to_event(1)
+        "ps_x", BoxUniform(measured[:, 0] + lo, measured[:, 0] + hi).to_event(1)
     )
     v["ps_y_abc"] = numpyro.sample(
-        "ps_y_abc", dist.Uniform(measured[:3, 1] + lo, measured[:3, 1] + hi).to_event(1)
+        "ps_y_abc", BoxUniform(measured[:3, 1] + lo, measured[:3, 1] + hi).to_event(1)
     )
 
 

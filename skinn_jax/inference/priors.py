@@ -19,7 +19,11 @@ from dataclasses import dataclass, fields
 
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as _dist
 from jax import Array
+from jax.scipy.special import ndtr, ndtri
+from numpyro.distributions import constraints as _constraints
+from numpyro.distributions import transforms as _transforms
 
 from skinn_jax.cosmology import FIDUCIAL
 from skinn_jax.forward import CenterBox
@@ -121,6 +125,74 @@ class Priors:
 
 
 DEFAULT_PRIORS = Priors()
+
+
+# ----------------------------------------------------------------------------------------------
+# Uniform boxes sampled through the normal CDF
+
+
+class _NormalCDFTransform(_transforms.ParameterFreeTransform):
+    """``z -> Φ(z)``, the standard normal CDF, from the real line onto (0, 1)."""
+
+    domain = _constraints.real
+    codomain = _constraints.unit_interval
+    sign = 1
+
+    def __call__(self, x):
+        return ndtr(x)
+
+    def _inverse(self, y):
+        return ndtri(y)
+
+    def log_abs_det_jacobian(self, x, y, intermediates=None):
+        return -0.5 * x**2 - 0.5 * math.log(2.0 * math.pi)
+
+
+class _ProbitInterval(_constraints._Interval):
+    """An interval whose unconstrained coordinate is the probit ``Φ⁻¹((x - low)/(high - low))``
+    (:func:`probit_box_transform`) instead of NumPyro's logit."""
+
+
+def probit_box_transform(constraint: _ProbitInterval) -> _transforms.Transform:
+    """``z -> low + (high - low) Φ(z)``: the bijection from the real line onto the box."""
+    low, high = constraint.lower_bound, constraint.upper_bound
+    return _transforms.ComposeTransform(
+        [
+            _NormalCDFTransform(),
+            _transforms.AffineTransform(low, high - low, domain=_constraints.unit_interval),
+        ]
+    )
+
+
+_transforms.biject_to.register(_ProbitInterval, probit_box_transform)
+
+
+class BoxUniform(_dist.Uniform):
+    """``Uniform(low, high)`` whose sampler coordinate is the probit, ``z = Φ⁻¹(u)`` with
+    ``u = (x - low) / (high - low)``: the prior is a standard normal in ``z``, exactly.
+
+    NumPyro's default coordinate for a box, the logit, turns a posterior that reaches a face of
+    its box into an exponential tail (the density of the logit ``t`` of a flat posterior falls as
+    ``e^-|t|``), far from the Gaussian the sampler's metric assumes; the probit turns it into a
+    Gaussian tail. On the study's joint system 4 (draws of the logit fit), the excess kurtosis of
+    the coordinates of the parameters near faces fell from 2.47 to 0.95 (``r_sersic_ratio``),
+    1.69 to 0.27 (``beta_z``), 1.00 to 0.30 (``n_sersic``), 0.87 to -0.15 (inclination), and the
+    others' stayed near zero. The density of ``x`` is unchanged.
+
+    Args:
+        low, high: the box, in the parameter's unit (arrays broadcast).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from numpyro.distributions.transforms import biject_to
+        >>> d = BoxUniform(0.0, 2.0)
+        >>> float(biject_to(d.support)(jnp.asarray(0.0)))  # z = 0 is the middle of the box
+        1.0
+    """
+
+    @_constraints.dependent_property(is_discrete=False, event_dim=0)
+    def support(self):
+        return _ProbitInterval(self.low, self.high)
 
 
 def distance_log_jacobian(log_D_dt, log_D_d):

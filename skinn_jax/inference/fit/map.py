@@ -147,8 +147,10 @@ ones are finite differences on purpose, averaging the curvature over kinks of th
 
 
 PRIOR_VARIANCE = math.pi**2 / 3.0
-"""Variance of a uniform prior in NumPyro's unconstrained (logit) coordinates: a logistic
-distribution. No posterior direction is broader than its prior, so this caps the Laplace metric."""
+"""Variance of a uniform prior in NumPyro's logit coordinate (a logistic distribution), the
+broader of the two coordinates of a box (the model's probit coordinate,
+:class:`~skinn_jax.inference.priors.BoxUniform`, has variance 1). No posterior direction is
+broader than its prior, so this caps the Laplace metric."""
 
 
 def cap_variance(cov: np.ndarray, max_variance: float = PRIOR_VARIANCE) -> np.ndarray:

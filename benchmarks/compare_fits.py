@@ -23,15 +23,13 @@ from pathlib import Path
 def fit_row(report: dict) -> dict:
     """The compared figures of one fit's ``report.json``."""
     d, ev = report["diagnostics"], report["evaluations"]
-    draws = d["policy"]["n_draws"]
     return {
-        "draws": draws,
+        "draws": d["policy"]["n_draws"],
         "evaluations": ev["warmup"] + ev["sampling"],
         "ess_bulk": d["min_ess_bulk"],
         "ess_tail": d["min_ess_tail"],
         "divergences": d["divergences"],
         "ess_per_1k": 1e3 * d["min_ess_bulk"] / max(ev["sampling"], 1),
-        "converged": d["converged"],
     }
 
 

@@ -315,6 +315,16 @@ def test_joint_log_density_at_truth_is_finite_with_finite_gradient_and_beats_wro
 REFERENCE = Path(__file__).parent / "data" / "joint_log_density_reference.npz"
 
 
+def _base_support(site: dict):
+    """A sample site's support with ``.to_event`` unwrapped."""
+    from numpyro.distributions import constraints
+
+    support = site["fn"].support
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support
+
+
 def _log_jacobians(data, setup, values: dict, logit: bool) -> float:
     """Sum over the sampled sites of ``log |dx/dz|`` of their box bijection at ``values``: NumPyro's
     logit (``logit``, the reference's coordinates) or the site's own (the probit of
@@ -327,9 +337,7 @@ def _log_jacobians(data, setup, values: dict, logit: bool) -> float:
     trace = handlers.trace(handlers.substitute(model, data=point)).get_trace(data, setup)
     total = 0.0
     for name in site_names(setup.mode):
-        support = trace[name]["fn"].support
-        while isinstance(support, constraints.independent):
-            support = support.base_constraint
+        support = _base_support(trace[name])
         if logit:
             support = constraints.interval(support.lower_bound, support.upper_bound)
         t, x = biject_to(support), point[name]
@@ -998,7 +1006,6 @@ def test_box_prior_is_a_standard_normal_in_the_probit_coordinate():
 def test_every_box_of_the_model_is_sampled_through_the_probit(system, data, mode):
     """Every sampled site of every mode has a probit box (no logit coordinate is left)."""
     from numpyro import handlers
-    from numpyro.distributions import constraints
 
     from skinn_jax.inference.priors import BoxUniform
 
@@ -1007,7 +1014,4 @@ def test_every_box_of_the_model_is_sampled_through_the_probit(system, data, mode
     point = {k: jnp.asarray(truth[k]) for k in site_names(mode)}
     trace = handlers.trace(handlers.substitute(model, data=point)).get_trace(data, setup)
     for name in site_names(mode):
-        support = trace[name]["fn"].support
-        while isinstance(support, constraints.independent):
-            support = support.base_constraint
-        assert type(support) is type(BoxUniform(0.0, 1.0).support), name
+        assert type(_base_support(trace[name])) is type(BoxUniform(0.0, 1.0).support), name

@@ -411,7 +411,8 @@ def _inside(value, box) -> Array:
     return (value >= box[0]) & (value <= box[1])
 
 
-def _uniform(name: str, box: tuple[float, float], shape: tuple[int, ...] = ()):
+def _uniform(name: str, box: tuple, shape: tuple[int, ...] = ()):
+    """A :class:`BoxUniform` site in ``box = (low, high)`` (scalars, or arrays of ``shape``)."""
     d = BoxUniform(box[0], box[1])
     if shape:
         d = d.expand(shape).to_event(len(shape))
@@ -482,11 +483,9 @@ def image_position_block(v, data, setup, predictions) -> None:
     _sample_boxes(v, setup, ("gamma", "center_x", "center_y"))
     measured = np.asarray(data.image_positions, float)
     lo, hi = setup.priors.ps_offset
-    v["ps_x"] = numpyro.sample(
-        "ps_x", BoxUniform(measured[:, 0] + lo, measured[:, 0] + hi).to_event(1)
-    )
-    v["ps_y_abc"] = numpyro.sample(
-        "ps_y_abc", BoxUniform(measured[:3, 1] + lo, measured[:3, 1] + hi).to_event(1)
+    v["ps_x"] = _uniform("ps_x", (measured[:, 0] + lo, measured[:, 0] + hi), (N_IMAGES,))
+    v["ps_y_abc"] = _uniform(
+        "ps_y_abc", (measured[:3, 1] + lo, measured[:3, 1] + hi), (N_IMAGES - 1,)
     )
 
 

@@ -538,6 +538,24 @@ def test_fingerprint_depends_on_the_sampled_coordinates(system, data, monkeypatc
     assert fit_mod.fingerprint(data, setup, settings, {}) != before
 
 
+def test_fingerprint_has_the_metric_refinement_only_where_it_acts(system, data):
+    """Fits with the Laplace metric corrected after the warm-up are other fits; where it does not
+    act (an adapted metric, or switched off) the fingerprint is what it was before it existed."""
+    from dataclasses import replace
+
+    from skinn_jax.inference.fit.driver import final_buffer, refines_metric
+
+    setup = _setup(data, "lensing", solver_start=solver_start_from_truth(system))
+    on, off = fit_mod.FitSettings(), fit_mod.FitSettings(refine_metric=False)
+    assert refines_metric(on) and not refines_metric(off) and final_buffer(150) == 50
+    assert fit_mod.fingerprint(data, setup, on, {}) != fit_mod.fingerprint(data, setup, off, {})
+    adapted = replace(on, adapt_mass_matrix=True)
+    assert not refines_metric(adapted)
+    assert fit_mod.fingerprint(data, setup, adapted, {}) == fit_mod.fingerprint(
+        data, setup, replace(adapted, refine_metric=False), {}
+    )
+
+
 def test_fingerprint_ignores_the_last_bits_of_the_data(system, data):
     """Mock data rebuilt in another process differ in their last float64 bits (threaded sums):
     the same fit; a real change of the data is another fit."""

@@ -28,9 +28,14 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.flatten_util import ravel_pytree
 
 EXTRA_FIELDS = ("diverging", "num_steps", "accept_prob", "energy", "potential_energy")
 """Per-iteration NUTS diagnostics collected with the draws."""
+
+POSITION = "z"
+"""Key of ``extra`` holding the unconstrained positions, flattened as ``ravel_pytree`` does
+(sites sorted by name): ``(num_chains, length, d)``."""
 
 MAX_LENGTH = 25
 """Longest loop of :func:`loop_length` (the progress bar moves every this many iterations)."""
@@ -115,7 +120,8 @@ class Chains:
         Returns:
             ``(state, samples, extra)``: the new state; ``{site: (num_chains, length, ...)}``
             constrained values of the sampled and deterministic sites (the kernel's
-            ``postprocess_fn``); ``{field: (num_chains, length)}`` of :data:`EXTRA_FIELDS`.
+            ``postprocess_fn``); ``{field: (num_chains, length)}`` of :data:`EXTRA_FIELDS`, and
+            the flat unconstrained positions ``extra[POSITION]``, ``(num_chains, length, d)``.
         """
         self.prepare(state)
         if self._run is None:
@@ -125,6 +131,56 @@ class Chains:
         outs = [self._run(jax.tree.map(lambda x, i=i: x[i], state)) for i in range(self.num_chains)]
         return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
+    def with_metric(self, state, inverse_mass_matrix, iterations: int):
+        """The chains' state with a new dense metric, the step-size adaptation restarted for the
+        next ``iterations`` iterations (the end of the warm-up again).
+
+        The warm-up's final buffer of NumPyro's schedule
+        (``numpyro.infer.hmc_util.build_adaptation_schedule``) adapts only the step size (dual
+        averaging from ``log(10 ε)`` with the chain's current ε, as NumPyro restarts it at a
+        window's end); the counter goes back to ``num_warmup - iterations``, so the same compiled
+        loop runs them and sampling follows. The metric's factors are built as
+        ``numpyro.infer.hmc_util``'s ``_initialize_mass_matrix`` builds a dense one.
+
+        Args:
+            state: the chains' state at the end of the warm-up (a dense-metric NUTS/HMC kernel).
+            inverse_mass_matrix: ``{sites: (d, d)}``, the kernel's site tuple as key (shared by
+                every chain).
+            iterations: step-size iterations, in ``[1, final buffer]``.
+        """
+        from jax.scipy.linalg import solve_triangular
+        from numpyro.infer.hmc_util import build_adaptation_schedule, dual_averaging
+
+        schedule = build_adaptation_schedule(self.num_warmup)
+        final_buffer = self.num_warmup - schedule[-1].start
+        if not 1 <= iterations <= final_buffer:
+            raise ValueError(
+                f"iterations = {iterations}: allowed range [1, {final_buffer}] (the final "
+                f"buffer of the {self.num_warmup}-iteration warm-up)"
+            )
+        adapt = state.adapt_state
+        batch = jnp.shape(state.i)
+        inverse, sqrt, sqrt_inv = {}, {}, {}
+        for sites, matrix in inverse_mass_matrix.items():
+            matrix = jnp.asarray(matrix)
+            lower = jnp.swapaxes(jnp.linalg.cholesky(matrix[::-1, ::-1])[::-1, ::-1], -2, -1)
+            root = solve_triangular(lower, jnp.identity(matrix.shape[-1]), lower=True)
+            inverse[sites], sqrt[sites], sqrt_inv[sites] = (
+                jnp.broadcast_to(m, batch + m.shape) for m in (matrix, root, lower)
+            )
+        ss_init, _ = dual_averaging()
+        ss_state = jax.vmap(ss_init)(jnp.log(10.0) + jnp.log(adapt.step_size))
+        ss_state = jax.tree.map(lambda new, old: new.astype(old.dtype), ss_state, adapt.ss_state)
+        adapt = adapt._replace(
+            inverse_mass_matrix=inverse,
+            mass_matrix_sqrt=sqrt,
+            mass_matrix_sqrt_inv=sqrt_inv,
+            ss_state=ss_state,
+            window_idx=jnp.full_like(adapt.window_idx, len(schedule) - 1),
+        )
+        return state._replace(i=jnp.full_like(state.i, self.num_warmup - iterations),
+                              adapt_state=adapt)  # fmt: skip
+
     def _compile(self):
         kernel = self.kernel
         postprocess = kernel.postprocess_fn((), {})
@@ -132,7 +188,9 @@ class Chains:
         def one_chain(state):
             def body(s, _):
                 s = kernel.sample(s, (), {})
-                return s, (postprocess(s.z), {f: getattr(s, f) for f in EXTRA_FIELDS})
+                extra = {f: getattr(s, f) for f in EXTRA_FIELDS}
+                extra[POSITION] = ravel_pytree(s.z)[0]
+                return s, (postprocess(s.z), extra)
 
             state, (samples, extra) = lax.scan(body, state, None, length=self.length)
             return state, samples, extra

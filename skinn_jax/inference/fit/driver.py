@@ -60,8 +60,9 @@ import numpy as np
 from ..convergence import budget_left
 from ..data import SystemData
 from ..model import MODEL_VERSION, ModelSetup, model, site_names, uses_light_shape
-from .chains import Chains, loop_length
+from .chains import POSITION, Chains, loop_length
 from .map import MapResult, Potential, find_map, make_potential, parameter_boxes, time_evaluation
+from .metric import corrected_metric
 from .report import assess_draws, load_result, reported_names, write_outputs
 from .settings import (
     FINAL_FILES,
@@ -115,9 +116,50 @@ def fingerprint(data: SystemData, setup: ModelSetup, settings: FitSettings, extr
             h.update(f"kinematic sampling {forward.sampling}".encode())
     fit_fields = dataclasses.asdict(settings)
     fit_fields.pop("progress_bar")
+    if not refines_metric(settings):  # fingerprints of fits without it stay as they were
+        fit_fields.pop("refine_metric")
     h.update(json.dumps(fit_fields, sort_keys=True).encode())
     h.update(json.dumps(extra, sort_keys=True, default=_json_default).encode())
     return h.hexdigest()[:16]
+
+
+def refines_metric(settings: FitSettings) -> bool:
+    """Whether the fit corrects its Laplace metric after the warm-up (``refine_metric`` with a
+    fixed metric)."""
+    return settings.refine_metric and not settings.adapt_mass_matrix
+
+
+def final_buffer(num_warmup: int) -> int:
+    """Iterations of the warm-up's final (step-size only) buffer in NumPyro's schedule."""
+    from numpyro.infer.hmc_util import build_adaptation_schedule
+
+    return num_warmup - build_adaptation_schedule(num_warmup)[-1].start if num_warmup else 0
+
+
+def _refine_metric(chains: Chains, pot: Potential, fit_map: MapResult, state, extra, show, quiet):
+    """Correct the Laplace metric from the second half of the warm-up draws and adapt the step
+    size again over the warm-up's final buffer: ``(state, extra, stats)``."""
+    n = chains.num_warmup
+    draws = extra[POSITION][:, n // 2 :].reshape(-1, fit_map.z.size)
+    corr = corrected_metric(fit_map.covariance, draws)
+    ratios = np.sort(corr.ratios[corr.corrected])[::-1]
+    _log(
+        f"  metric: {corr.corrected.sum()} of {corr.ratios.size} directions corrected from "
+        f"{draws.shape[0]} warm-up draws (variance / Laplace: "
+        f"{np.array2string(ratios, precision=2) if ratios.size else '-'}; noise band "
+        f"{corr.band[0]:.2f}-{corr.band[1]:.2f})",
+        quiet,
+    )
+    iterations = final_buffer(n)
+    state = chains.with_metric(state, {pot.names: jnp.asarray(corr.covariance)}, iterations)
+    state, _, extra2 = _advance(chains, state, iterations, "metric", show)
+    stats = {
+        "corrected": int(corr.corrected.sum()),
+        "ratios": [float(r) for r in ratios],
+        "band": [float(b) for b in corr.band],
+        "iterations": iterations,
+    }
+    return state, extra2, stats
 
 
 def _nuts_kernel(
@@ -298,7 +340,9 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
     kernel = _nuts_kernel(data, setup, pot, fit_map.covariance, settings)
     warm_path = out_dir / "warmup_state.pkl"
     chunk_size = math.ceil(settings.num_samples / settings.sample_chunks)
-    length = loop_length(settings.num_warmup, chunk_size)  # divides both
+    refine = refines_metric(settings) and final_buffer(settings.num_warmup) > 0
+    warm_cycle = math.gcd(settings.num_warmup, final_buffer(settings.num_warmup) if refine else 0)
+    length = loop_length(warm_cycle, chunk_size)  # divides the warm-up, its buffer, the chunks
     chains = Chains(kernel, settings.num_warmup, length, settings.num_chains, chain_method)
     show = settings.progress_bar and not quiet
     if warm_path.exists():
@@ -319,12 +363,18 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
             jax.random.PRNGKey(settings.seed), _initial_params(pot, fit_map, settings)
         )
         warm_state, _, extra = _advance(chains, warm_state, settings.num_warmup, "warm-up", show)
+        num_steps, divergences = (int(np.sum(extra.get(k, 0))) for k in ("num_steps", "diverging"))
+        warm_stats = {}
+        if refine:
+            warm_state, extra, warm_stats["metric"] = _refine_metric(
+                chains, pot, fit_map, warm_state, extra, show, quiet
+            )
+            num_steps += int(np.sum(extra["num_steps"]))
+            divergences += int(np.sum(extra["diverging"]))
         warm_state = jax.block_until_ready(warm_state)
-        warm_stats = {
-            "seconds": time.perf_counter() - t,
-            "num_steps": int(np.sum(extra.get("num_steps", 0))),
-            "divergences": int(np.sum(extra.get("diverging", 0))),
-        }
+        warm_stats.update(
+            seconds=time.perf_counter() - t, num_steps=num_steps, divergences=divergences
+        )
         with (out_dir / "warmup_state.tmp").open("wb") as f:
             pickle.dump({"state": _to_numpy(warm_state), "stats": warm_stats}, f)
         os.replace(out_dir / "warmup_state.tmp", warm_path)
@@ -377,7 +427,7 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
             chains, chain_state, chunk_size, f"sampling {label}", show
         )
         chunk = {f"sample/{k}": v for k, v in samples.items()}
-        chunk.update({f"extra/{k}": v for k, v in extra.items()})
+        chunk.update({f"extra/{k}": v for k, v in extra.items() if k != POSITION})
         chunk["seconds"] = np.asarray(time.perf_counter() - t)
         tmp = out_dir / f"chunk_{i}.tmp.npz"
         np.savez(tmp, **chunk)

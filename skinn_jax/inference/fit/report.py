@@ -432,6 +432,7 @@ def write_outputs(
             "total": fit_map.n_evals + warm_stats["num_steps"] + n_sampling_steps,
             "warmup_divergences": warm_stats["divergences"],
         },
+        "metric_correction": warm_stats.get("metric"),
         "timings_s": timings,
         "coverage": {
             "in68": {k: bool(v) for k, v in table["in68"].items() if v is not None},

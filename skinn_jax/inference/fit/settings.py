@@ -45,6 +45,10 @@ class FitSettings:
             is at most ``EXACT_HESSIAN_MAX_STEP`` (0.01), instead of differences of the
             compiled gradient (compiling them costs ~100 s for the joint model on 2 cores).
         adapt_mass_matrix: also adapt the (dense) mass matrix during warm-up.
+        refine_metric: with the Laplace metric (``adapt_mass_matrix`` False), correct it after
+            the warm-up from the second half of the warm-up draws (all chains; only directions
+            outside the sampling-noise band, :func:`.metric.corrected_metric`) and adapt the
+            step size again over the warm-up's final buffer (50 iterations for 150 of warm-up).
         init_jitter: chains start at MAP + init_jitter x (draw from the Laplace Gaussian).
         target_accept_prob: NUTS target acceptance probability.
         max_tree_depth: NUTS maximum tree depth.
@@ -72,6 +76,7 @@ class FitSettings:
     laplace_step: float = 1e-3
     exact_hessian: bool = False
     adapt_mass_matrix: bool = False
+    refine_metric: bool = True
     init_jitter: float = 0.3
     target_accept_prob: float = 0.9
     max_tree_depth: int = 8

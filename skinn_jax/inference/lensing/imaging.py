@@ -227,10 +227,14 @@ class ImagingModel:
         settings: the :class:`ImagingSettings`.
         windows: draw the quasar's five images only inside these windows (the inference
             model's choice); None: over the whole image (mocks).
+        source_pixels: (n_pix, n_pix) bool, the pixels where the lensed extended source is
+            computed (ray shooting and source light on their sub-pixels only; e.g.
+            :func:`source_mask`); None: every pixel. The lens light is computed everywhere.
 
     Attributes:
         settings: the settings.
         windows: the :class:`QuasarWindows` or None.
+        source_pixels: the source's pixels (bool (n_pix, n_pix)) or None.
         grid: Herculens ``PixelGrid`` (centred on (0, 0), x to the right).
         kernel: pixel PSF kernel (sums to one).
         lens_image: Herculens ``LensImage`` (mass: cored power law + shear; lens light and
@@ -239,7 +243,10 @@ class ImagingModel:
     """
 
     def __init__(
-        self, settings: ImagingSettings = ImagingSettings(), windows: QuasarWindows | None = None
+        self,
+        settings: ImagingSettings = ImagingSettings(),
+        windows: QuasarWindows | None = None,
+        source_pixels: ArrayLike | None = None,
     ):
         from herculens.Coordinates.pixel_grid import PixelGrid
         from herculens.Instrument.psf import PSF
@@ -268,6 +275,20 @@ class ImagingModel:
             kwargs_numerics={"supersampling_factor": settings.supersampling},
         )
         x, y = self.grid.pixel_coordinates
+        self.source_pixels, self._source_index = None, None
+        if source_pixels is not None:
+            mask = np.asarray(source_pixels)
+            if mask.shape != (n, n) or mask.dtype != bool:
+                raise ValueError(
+                    f"source_pixels must be a bool array of shape ({n}, {n}), got "
+                    f"{mask.dtype} {mask.shape}"
+                )
+            self.source_pixels = mask
+            # the pixel of every sub-pixel Herculens evaluates (rows: y, columns: x)
+            xs, ys = (np.asarray(c) for c in self.lens_image.ImageNumerics.coordinates_evaluate)
+            col = np.rint((xs - np.asarray(x)[0, 0]) / pix).astype(int)
+            row = np.rint((ys - np.asarray(y)[0, 0]) / pix).astype(int)
+            self._source_index = np.flatnonzero(mask[row, col])
         sub = _sub_offsets(settings.ps_supersampling) * pix
         self._ps_x = (np.asarray(x)[..., None, None] + sub[None, None, None, :]).astype(float)
         self._ps_y = (np.asarray(y)[..., None, None] + sub[None, None, :, None]).astype(float)
@@ -334,7 +355,10 @@ class ImagingModel:
     # -- images -------------------------------------------------------------------------------
 
     def extended_image(self, p: LensParams, source: bool = True, lens_light: bool = True):
-        """Lens light + lensed extended source, PSF-convolved, counts/s per pixel."""
+        """Lens light + lensed extended source, PSF-convolved, counts/s per pixel (the source
+        only inside :attr:`source_pixels` if set)."""
+        if source and self._source_index is not None:
+            return self._masked_extended_image(p, lens_light)
         return self.lens_image.model(
             kwargs_lens=self.kwargs_lens(p),
             kwargs_source=self.kwargs_source(p),
@@ -343,6 +367,23 @@ class ImagingModel:
             lens_light_add=lens_light,
             point_source_add=False,
         )
+
+    def _masked_extended_image(self, p: LensParams, lens_light: bool) -> Array:
+        """:meth:`extended_image` with the source ray-shot on :attr:`source_pixels`' sub-pixels
+        only, with Herculens's pieces (its sub-pixel coordinates, source evaluation, resizing and
+        convolution of the summed surface brightness)."""
+        image = self.lens_image
+        numerics = image.ImageNumerics
+        x, y = numerics.coordinates_evaluate
+        if lens_light:
+            flux = image.LensLightModel.surface_brightness(x, y, self.kwargs_lens_light(p))
+        else:
+            flux = jnp.zeros(jnp.shape(x), jnp.result_type(x, p.src_amp))
+        idx = self._source_index
+        source = image.eval_source_surface_brightness(
+            x[idx], y[idx], self.kwargs_source(p), kwargs_lens=self.kwargs_lens(p)
+        )
+        return numerics.re_size_convolve(flux.at[idx].add(source))
 
     def point_source_image(self, x_img: ArrayLike, y_img: ArrayLike, amp: ArrayLike) -> Array:
         """Quasar images (Moffat integrated over pixels), counts/s per pixel.
@@ -494,6 +535,44 @@ class ImagingModel:
 
 # ----------------------------------------------------------------------------------------------
 # Lens-equation solver (for building mocks; NumPy + jitted ray shooting)
+
+
+def source_mask(
+    model: ImagingModel,
+    p: LensParams,
+    noise: ArrayLike,
+    threshold: float = 1e-3,
+    dilation_pix: int = 3,
+) -> np.ndarray:
+    """The pixels where the lensed extended source matters, for
+    ``ImagingModel(..., source_pixels=...)``.
+
+    Args:
+        model: the imaging model (its source computed over every pixel).
+        p: lens parameters at which the source is drawn (e.g. the fit's start).
+        noise: per-pixel noise σ, counts/s, (n_pix, n_pix) (or a scalar).
+        threshold: pixels where the PSF-convolved lensed source exceeds ``threshold x noise``.
+        dilation_pix: then grown by this many pixels (a disc): the arcs' movement within the
+            posterior and the PSF's spread of the source's edge.
+
+    Returns:
+        (n_pix, n_pix) bool.
+    """
+    from scipy.ndimage import binary_dilation
+
+    if threshold <= 0 or dilation_pix < 0:
+        raise ValueError(
+            f"threshold = {threshold}: allowed range (0, inf); dilation_pix = {dilation_pix}: "
+            "[0, inf)"
+        )
+    full = ImagingModel(model.settings)
+    source = np.asarray(full.extended_image(p, source=True, lens_light=False))
+    mask = source > threshold * np.asarray(noise)
+    if dilation_pix:
+        r = np.arange(-dilation_pix, dilation_pix + 1)
+        disc = r[:, None] ** 2 + r[None, :] ** 2 <= dilation_pix**2
+        mask = binary_dilation(mask, structure=disc)
+    return mask
 
 
 class Images(NamedTuple):

@@ -15,7 +15,11 @@
 3. **Warm-up**: NUTS (``numpyro.infer.NUTS``, dense mass matrix) adapting the step size (and the
    mass matrix only if ``adapt_mass_matrix``: with short warm-ups, windowed estimates of a dense
    ~35 x 35 matrix are worse than the Laplace one), run by :class:`~.chains.Chains` (one
-   compiled loop for the warm-up and every sampling chunk). Checkpoint ``warmup_state.pkl``.
+   compiled loop for the warm-up and every sampling chunk). With the Laplace metric and
+   ``refine_metric`` (default), the metric is then corrected from the second half of the
+   warm-up draws where they clearly disagree with it (:func:`.metric.corrected_metric`) and the
+   step size adapted again over the warm-up's final buffer (:meth:`.chains.Chains.with_metric`).
+   Checkpoint ``warmup_state.pkl``.
 4. **Sampling** in ``sample_chunks`` chunks, each continuing from the previous chunk's NUTS state;
    checkpoint ``chunk_<i>.npz`` + ``chunk_<i>_state.pkl`` after each. Then the **convergence
    policy** (:mod:`skinn_jax.inference.convergence`, on by default): while some sampled or

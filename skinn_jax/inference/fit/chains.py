@@ -41,6 +41,13 @@ MAX_LENGTH = 25
 """Longest loop of :func:`loop_length` (the progress bar moves every this many iterations)."""
 
 
+def final_buffer(num_warmup: int) -> int:
+    """Iterations of the warm-up's final (step-size only) buffer in NumPyro's schedule."""
+    from numpyro.infer.hmc_util import build_adaptation_schedule
+
+    return num_warmup - build_adaptation_schedule(num_warmup)[-1].start if num_warmup else 0
+
+
 def loop_length(num_warmup: int, chunk: int, longest: int = MAX_LENGTH) -> int:
     """The largest divisor of ``gcd(num_warmup, chunk)`` that is at most ``longest``: a loop of
     that many iterations fits the warm-up and every sampling chunk exactly."""
@@ -152,10 +159,10 @@ class Chains:
         from numpyro.infer.hmc_util import build_adaptation_schedule, dual_averaging
 
         schedule = build_adaptation_schedule(self.num_warmup)
-        final_buffer = self.num_warmup - schedule[-1].start
-        if not 1 <= iterations <= final_buffer:
+        buffer = final_buffer(self.num_warmup)
+        if not 1 <= iterations <= buffer:
             raise ValueError(
-                f"iterations = {iterations}: allowed range [1, {final_buffer}] (the final "
+                f"iterations = {iterations}: allowed range [1, {buffer}] (the final "
                 f"buffer of the {self.num_warmup}-iteration warm-up)"
             )
         adapt = state.adapt_state

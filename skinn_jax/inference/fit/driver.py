@@ -64,7 +64,7 @@ import numpy as np
 from ..convergence import budget_left
 from ..data import SystemData
 from ..model import MODEL_VERSION, ModelSetup, model, site_names, uses_light_shape
-from .chains import POSITION, Chains, loop_length
+from .chains import POSITION, Chains, final_buffer, loop_length
 from .map import MapResult, Potential, find_map, make_potential, parameter_boxes, time_evaluation
 from .metric import corrected_metric
 from .report import assess_draws, load_result, reported_names, write_outputs
@@ -131,13 +131,6 @@ def refines_metric(settings: FitSettings) -> bool:
     """Whether the fit corrects its Laplace metric after the warm-up (``refine_metric`` with a
     fixed metric)."""
     return settings.refine_metric and not settings.adapt_mass_matrix
-
-
-def final_buffer(num_warmup: int) -> int:
-    """Iterations of the warm-up's final (step-size only) buffer in NumPyro's schedule."""
-    from numpyro.infer.hmc_util import build_adaptation_schedule
-
-    return num_warmup - build_adaptation_schedule(num_warmup)[-1].start if num_warmup else 0
 
 
 def _refine_metric(chains: Chains, pot: Potential, fit_map: MapResult, state, extra, show, quiet):

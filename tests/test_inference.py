@@ -598,6 +598,31 @@ def test_fingerprint_has_the_metric_refinement_only_where_it_acts(system, data):
     )
 
 
+def test_fingerprint_has_the_source_mask_only_where_it_acts(system, data):
+    """Lensing fits with the source computed inside a mask are other fits; kinematics fits (no
+    imaging) keep their fingerprint whatever the setting; bad settings are refused."""
+    from dataclasses import replace
+
+    from skinn_jax.inference.fit.driver import masks_source
+
+    lensing = _setup(data, "lensing", solver_start=solver_start_from_truth(system))
+    kinematics = _setup(data, "kinematics")
+    on, off = fit_mod.FitSettings(), fit_mod.FitSettings(source_mask=None)
+    assert masks_source(on, lensing) and not masks_source(off, lensing)
+    assert not masks_source(on, kinematics)
+    assert fit_mod.fingerprint(data, lensing, on, {}) != fit_mod.fingerprint(data, lensing, off, {})
+    assert fit_mod.fingerprint(data, lensing, on, {}) != fit_mod.fingerprint(
+        data, lensing, replace(on, source_mask_dilation=2), {}
+    )
+    assert fit_mod.fingerprint(data, kinematics, on, {}) == fit_mod.fingerprint(
+        data, kinematics, replace(off, source_mask_dilation=5), {}
+    )
+    with pytest.raises(ValueError, match="source_mask = 0.0: allowed range"):
+        fit_mod.FitSettings(source_mask=0.0)
+    with pytest.raises(ValueError, match="source_mask_dilation = -1: allowed range"):
+        fit_mod.FitSettings(source_mask_dilation=-1)
+
+
 def test_fingerprint_ignores_the_last_bits_of_the_data(system, data):
     """Mock data rebuilt in another process differ in their last float64 bits (threaded sums):
     the same fit; a real change of the data is another fit."""

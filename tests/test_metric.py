@@ -34,6 +34,16 @@ def test_noise_band_is_marchenko_pastur_and_empty_for_too_few_draws():
         noise_band(3, 0)
 
 
+def test_too_few_draws_correct_nothing():
+    """Fewer draws than dimensions: the sample covariance's null directions (round-off zeros,
+    some below zero) are no measurement; the metric stays the Laplace one."""
+    draws = RNG.multivariate_normal(np.zeros(D), 9.0 * LAPLACE, size=D - 2)
+    corr = corrected_metric(LAPLACE, draws)
+    assert corr.band == (0.0, float("inf")) and np.sum(np.abs(corr.ratios) < 1e-9) >= 3
+    assert not corr.corrected.any()
+    np.testing.assert_allclose(corr.covariance, LAPLACE, rtol=1e-12, atol=1e-12)
+
+
 def test_draws_of_the_laplace_gaussian_leave_the_metric_unchanged():
     draws = RNG.multivariate_normal(np.zeros(D), LAPLACE, size=600)
     corr = corrected_metric(LAPLACE, draws)

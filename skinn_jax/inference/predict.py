@@ -18,6 +18,8 @@ import numpy as np
 from numpyro import handlers
 
 from .data import SystemData
+from .lensing.imaging import LensParams
+from .lensing.lens import lens_params, with_central_image
 from .model import ModelSetup, model, site_names
 
 
@@ -70,3 +72,14 @@ def predict(data: SystemData, setup: ModelSetup, values: dict) -> Prediction:
     if "lens_eq_residual" in sites:
         chi2["lens_eq_residual_arcsec"] = float(sites["lens_eq_residual"])
     return Prediction(get("image_pred"), get("time_delays_pred"), get("vrms_pred"), chi2)
+
+
+def lens_at(data: SystemData, setup: ModelSetup, values: dict) -> LensParams:
+    """The imaging parameters (:class:`LensParams`, central image included) at constrained
+    ``values`` of the sampled sites of a lensing or joint ``setup`` (the solved lens read from
+    the model's trace, :func:`trace_at`)."""
+    if setup.imaging is None:
+        raise ValueError(f"mode {setup.mode!r} has no imaging: no lens parameters")
+    sites = trace_at(data, setup, values, predictions=False)
+    lens = lens_params(sites, setup.zero_point)
+    return with_central_image(setup.imaging, lens)

@@ -94,7 +94,9 @@ def corrected_metric(
     white = np.linalg.solve(chol, (draws - draws.mean(axis=0)).T)  # (d, n)
     ratios, vectors = np.linalg.eigh(white @ white.T / (draws.shape[0] - 1))
     band = noise_band(d, draws.shape[0] / draws_per_effective)
-    corrected = (ratios < band[0]) | (ratios > band[1])
+    # (with too few draws the band is (0, inf): the sample covariance's null directions,
+    # round-off below zero, are not a measurement)
+    corrected = ((ratios < band[0]) & (band[0] > 0)) | (ratios > band[1])
     kept = np.where(corrected, np.clip(ratios, 1.0 / MAX_RATIO, MAX_RATIO), 1.0)
     factor = chol @ vectors
     covariance = (factor * kept) @ factor.T

@@ -433,6 +433,7 @@ def write_outputs(
             "warmup_divergences": warm_stats["divergences"],
         },
         "metric_correction": warm_stats.get("metric"),
+        "source_mask": state.get("source_mask"),
         "timings_s": timings,
         "coverage": {
             "in68": {k: bool(v) for k, v in table["in68"].items() if v is not None},

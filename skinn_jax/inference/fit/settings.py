@@ -49,6 +49,13 @@ class FitSettings:
             the warm-up from the second half of the warm-up draws (all chains; only directions
             outside the sampling-noise band, :func:`.metric.corrected_metric`) and adapt the
             step size again over the warm-up's final buffer (50 iterations for 150 of warm-up).
+        source_mask: with imaging (lensing and joint modes), the warm-up and sampling compute
+            the lensed extended source only on the pixels where, at the MAP, its PSF-convolved
+            light exceeds ``source_mask`` x the noise σ, grown by ``source_mask_dilation``
+            pixels (:func:`~skinn_jax.inference.lensing.imaging.source_mask`; the lens light
+            everywhere); None: on every pixel.
+        source_mask_dilation: pixels by which the source mask is grown (the arcs' movement
+            within the posterior, the PSF's spread of the source's edge).
         init_jitter: chains start at MAP + init_jitter x (draw from the Laplace Gaussian).
         target_accept_prob: NUTS target acceptance probability.
         max_tree_depth: NUTS maximum tree depth.
@@ -77,6 +84,8 @@ class FitSettings:
     exact_hessian: bool = False
     adapt_mass_matrix: bool = False
     refine_metric: bool = True
+    source_mask: float | None = 1e-3
+    source_mask_dilation: int = 3
     init_jitter: float = 0.3
     target_accept_prob: float = 0.9
     max_tree_depth: int = 8
@@ -97,10 +106,15 @@ class FitSettings:
             ("sample_chunks", 1),
             ("max_tree_depth", 1),
             ("max_divergences", 0),
+            ("source_mask_dilation", 0),
         ):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < lo:
                 raise ValueError(f"FitSettings.{name} = {value!r}: allowed range [{lo}, inf)")
+        if self.source_mask is not None and not self.source_mask > 0:
+            raise ValueError(
+                f"FitSettings.source_mask = {self.source_mask!r}: allowed range (0, inf) or None"
+            )
         if self.sample_chunks > self.num_samples:
             raise ValueError(
                 f"FitSettings.sample_chunks = {self.sample_chunks}: allowed range "

@@ -598,6 +598,22 @@ def test_fingerprint_has_the_metric_refinement_only_where_it_acts(system, data):
     )
 
 
+def test_lens_at_the_truth_is_the_mocks_lens(system, data):
+    """Round trip: the imaging parameters solved by the model at the true sampled values are the
+    mock's own (which drew the data)."""
+    from skinn_jax.inference.predict import lens_at
+
+    setup = _setup(data, "lensing", solver_start=solver_start_from_truth(system))
+    lens = lens_at(data, setup, truth_values(system, "lensing"))
+    for name in lens._fields:
+        expected = np.asarray(getattr(system.truth.lens, name))
+        np.testing.assert_allclose(
+            getattr(lens, name), expected, rtol=1e-6, atol=1e-9, err_msg=name
+        )
+    with pytest.raises(ValueError, match="has no imaging"):
+        lens_at(data, _setup(data, "kinematics"), truth_values(system, "kinematics"))
+
+
 def test_fingerprint_has_the_source_mask_only_where_it_acts(system, data):
     """Lensing fits with the source computed inside a mask are other fits; kinematics fits (no
     imaging) keep their fingerprint whatever the setting; bad settings are refused."""

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -78,6 +79,7 @@ from .settings import (
     FINAL_FILES,
     FitResult,
     FitSettings,
+    _atomic_write_bytes,
     _chain_method,
     _clear,
     _json_default,
@@ -160,9 +162,9 @@ def _mask_source(data, setup, pot: Potential, fit_map: MapResult, settings, out_
         lens = lens_at(data, setup, values)
         mask = source_mask(setup.imaging, lens, data.imaging.noise_map, settings.source_mask,
                            settings.source_mask_dilation)  # fmt: skip
-        with path.with_name("map.source_mask.tmp").open("wb") as f:
-            np.save(f, mask)
-        os.replace(path.with_name("map.source_mask.tmp"), path)
+        buffer = io.BytesIO()
+        np.save(buffer, mask)
+        _atomic_write_bytes(path, buffer.getvalue())
     img = setup.imaging
     setup = dataclasses.replace(
         setup, imaging=ImagingModel(img.settings, img.windows, source_pixels=mask)

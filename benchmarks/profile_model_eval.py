@@ -6,7 +6,8 @@ leapfrog step costs), float64 as in the fits, after compilation; then, in joint 
 and gradient of each part alone with respect to the same inputs:
 
 * ``solve_lens``: the Newton solve of the lens equations and its log-Jacobian;
-* ``imaging``: χ² of the Herculens image (lens solved once, outside the timing);
+* ``imaging``: χ² of the Herculens image (lens solved once, outside the timing), and of its
+  parts: the lens light, the lensed source and the quasar's images;
 * ``time delays``: χ² of the delays;
 * ``kinematics``: the emulator's kinematic log-likelihood.
 
@@ -15,9 +16,13 @@ used before the centre-aligned quadrature (point-sampled, 4 sub-pixels per spaxe
 lensing and joint modes, with the quasar's images drawn over the whole image (before model v6's
 windows), and prints old, new and their ratio.
 
+The lensed source is computed inside the mask the fits use (``lensing.imaging.source_mask`` at
+the truth, ``FitSettings.source_mask`` and ``source_mask_dilation``); ``--no-source-mask``:
+over every pixel.
+
 Run: ``python benchmarks/profile_model_eval.py [--system 1] [--repeats 30] [--modes joint ...]
-[--baseline]`` (pin to one core with ``taskset -c 0`` to time what one chain of a parallel fit
-gets).
+[--baseline] [--no-source-mask]`` (pin to one core with ``taskset -c 0`` to time what one chain
+of a parallel fit gets).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -33,9 +39,9 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 
 from skinn_jax.inference.data import SystemData  # noqa: E402
-from skinn_jax.inference.fit import make_potential  # noqa: E402
+from skinn_jax.inference.fit import FitSettings, make_potential  # noqa: E402
 from skinn_jax.inference.kinematics import emulator_params, load_emulator, sky_params  # noqa: E402
-from skinn_jax.inference.lensing.imaging import ImagingModel  # noqa: E402
+from skinn_jax.inference.lensing.imaging import ImagingModel, source_mask  # noqa: E402
 from skinn_jax.inference.lensing.lens import solve_lens, solved_lens_params  # noqa: E402
 from skinn_jax.inference.mocks.fit import mock_setup  # noqa: E402
 from skinn_jax.inference.mocks.system import make_mock_system  # noqa: E402
@@ -54,6 +60,21 @@ def median_time_ms(fn, args, repeats: int) -> float:
     return 1e3 * float(np.median(times))
 
 
+def masked_setup(setup, system, data):
+    """``setup`` with the lensed source computed inside the fits' mask, built at the truth."""
+    settings = FitSettings()
+    mask = source_mask(
+        setup.imaging,
+        system.truth.lens,
+        data.imaging.noise_map,
+        settings.source_mask,
+        settings.source_mask_dilation,
+    )
+    img = setup.imaging
+    print(f"  lensed source on {mask.mean():.0%} of the pixels (the fits' mask, at the truth)")
+    return dataclasses.replace(setup, imaging=ImagingModel(img.settings, img.windows, mask))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--system", type=int, default=1)
@@ -61,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=["joint", "lensing", "kinematics"])
     parser.add_argument("--checkpoint", default="pca64s")
     parser.add_argument("--baseline", action="store_true")
+    parser.add_argument("--no-source-mask", dest="source_mask", action="store_false")
     args = parser.parse_args(argv)
 
     system = make_mock_system(args.system)
@@ -70,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     for mode in args.modes:
         setup = mock_setup(system, data, mode, emulator)
         truths = truth_values(system, mode)
+        if args.source_mask and setup.imaging is not None:
+            setup = masked_setup(setup, system, data)
         pot = make_potential(data, setup, truths)
         z = jnp.asarray(pot.z0)
         t = median_time_ms(pot.value_and_grad, (z,), args.repeats)
@@ -114,6 +138,15 @@ def main(argv: list[str] | None = None) -> int:
 
         f = jax.jit(jax.value_and_grad(imaging_part))
         print(f"{'':>10}  imaging         {median_time_ms(f, (lens,), args.repeats):7.1f} ms")
+        model, noise = setup.imaging, jnp.asarray(img.noise_map)
+        parts = {
+            "lens light": partial(model.extended_image, source=False),
+            "lensed source": partial(model.extended_image, lens_light=False),
+            "quasar images": model.point_sources_only,
+        }
+        for name, part in parts.items():
+            f = jax.jit(jax.value_and_grad(lambda p, g=part, s=noise: jnp.sum((g(p) / s) ** 2)))
+            print(f"{'':>10}    {name:<14}{median_time_ms(f, (lens,), args.repeats):7.1f} ms")
 
         def delay_part(lens, d_dt, setup=setup, td=data.time_delays):
             d = setup.imaging.time_delays(lens, d_dt)

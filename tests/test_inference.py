@@ -277,6 +277,27 @@ def test_model_quadrature_of_the_cored_power_law_is_accurate_enough(gamma, e1):
     assert ImagingSettings().quad_nodes > MODEL_QUAD_NODES
 
 
+@pytest.mark.parametrize("beta", [3.0, 2.5])  # the integer-power branch and the general one
+def test_moffat_is_the_unit_flux_moffat_with_its_fwhm_and_gradient(beta):
+    from scipy.integrate import quad
+
+    from skinn_jax.inference.lensing.profiles import moffat, moffat_alpha
+
+    fwhm = 0.15
+    alpha = moffat_alpha(fwhm, beta)
+    r = np.linspace(0.0, 5.0, 11)
+    form = (beta - 1.0) / (np.pi * alpha**2) * (1.0 + (r / alpha) ** 2) ** (-beta)
+    np.testing.assert_allclose(np.asarray(moffat(r, 0.0 * r, fwhm, beta)), form, rtol=1e-13)
+    half = moffat(0.5 * fwhm, 0.0, fwhm, beta) / moffat(0.0, 0.0, fwhm, beta)
+    assert float(half) == pytest.approx(0.5, rel=1e-12)
+    flux = quad(lambda t: 2 * np.pi * t * float(moffat(t, 0.0, fwhm, beta)), 0, np.inf)[0]
+    assert flux == pytest.approx(1.0, rel=1e-8)
+    dx, dy = 0.07, -0.04  # d/dx of the Moffat: -2 beta x / (alpha² + r²) times itself
+    g = jax.grad(lambda x: moffat(x, dy, fwhm, beta))(dx)
+    expected = -2 * beta * dx / (alpha**2 + dx**2 + dy**2) * float(moffat(dx, dy, fwhm, beta))
+    assert float(g) == pytest.approx(expected, rel=1e-12)
+
+
 # ----------------------------------------------------------------------------------------------
 # The model
 

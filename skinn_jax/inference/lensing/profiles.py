@@ -128,14 +128,17 @@ class CoredPowerLaw:
         amp = theta_E_emu**t * (3.0 - gamma) / (1.0 + q)
         d = 1.0 - (1.0 - q**2) * u  # (n,)
         xi2_core = u * (xg[..., None] ** 2 + yg[..., None] ** 2 / d) + self.r_core**2
-        kappa = amp * xi2_core ** (-0.5 * t)
+        # one log per sample and node, shared by the power and its gradients (``x ** p`` would
+        # evaluate a second power for its derivative)
+        kappa_shape = jnp.exp(-0.5 * t * jnp.log(xi2_core))
+        kappa = amp * kappa_shape
         j0 = jnp.sum(w * kappa / jnp.sqrt(d), axis=-1)
         j1 = jnp.sum(w * kappa / d**1.5, axis=-1)
         ax, ay = q * xg * j0, q * yg * j1
         if not potential:
             return ax, ay, None
         core_term = self.r_core ** (2.0 - t) if self.r_core > 0 else 0.0
-        mass = amp * (xi2_core * xi2_core ** (-0.5 * t) - core_term) / (1.0 - 0.5 * t)
+        mass = amp * (xi2_core * kappa_shape - core_term) / (1.0 - 0.5 * t)
         psi = 0.5 * q * jnp.sum(w * mass / (u * jnp.sqrt(d)), axis=-1)
         return ax, ay, psi
 
@@ -233,8 +236,12 @@ def moffat_alpha(fwhm: float, beta: float) -> float:
 def moffat(dx: ArrayLike, dy: ArrayLike, fwhm: float, beta: float):
     """Unit-flux circular Moffat surface density, 1/arcsec², at offsets ``dx, dy`` (arcsec)."""
     alpha = moffat_alpha(fwhm, beta)
-    r2 = dx**2 + dy**2
-    return (beta - 1.0) / (math.pi * alpha**2) * (1.0 + r2 / alpha**2) ** (-beta)
+    base = 1.0 + (dx**2 + dy**2) / alpha**2
+    if isinstance(beta, (int, float)) and float(beta).is_integer() and beta > 0:
+        decay = (1.0 / base) ** int(beta)  # an integer power: products, and so is its gradient
+    else:
+        decay = base ** (-beta)
+    return (beta - 1.0) / (math.pi * alpha**2) * decay
 
 
 def _sub_offsets(n_sub: int) -> np.ndarray:

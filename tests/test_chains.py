@@ -122,3 +122,42 @@ def test_compiled_objective_is_the_compiled_potential_bit_for_bit(caplog):
         assert via.n_steps == inlined.n_steps and via.n_evals == inlined.n_evals
         np.testing.assert_allclose(via.x, inlined.x, rtol=1e-12, atol=1e-12)
         assert via.converged and via.value < 0.1 * float(expected[0])  # (a local minimum: 3.70)
+
+
+PARALLEL_SCRIPT = """
+import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist
+from jax import monitoring
+from numpyro.infer import NUTS
+from skinn_jax.inference.fit.chains import Chains
+compiles = []
+monitoring.register_event_duration_secs_listener(
+    lambda name, secs, **kw: compiles.append(name) if "backend_compile" in name else None)
+def model():
+    numpyro.sample("x", dist.Normal(jnp.zeros(2), 1.0))
+chains = Chains(NUTS(model, dense_mass=True), 60, 5, num_chains=2, chain_method="parallel")
+state = chains.run(chains.init(jax.random.PRNGKey(0), {"x": jnp.zeros((2, 2))}))[0]
+n = len(compiles)
+state = chains.run(state)[0]
+again = len(compiles) - n
+state = chains.with_metric(state, {("x",): jnp.eye(2)}, 5)
+n = len(compiles)
+for _ in range(2):
+    state, samples, _ = chains.run(state)
+print(again, len(compiles) - n, bool(jnp.all(jnp.isfinite(samples["x"]))))
+"""
+
+
+def test_parallel_chains_compile_their_loop_once():
+    """``pmap`` compiles again for a state it has sharded itself and for one mixing placements
+    (after ``with_metric``): minutes each for the joint model. Two host devices, in a subprocess
+    (the device count is fixed when JAX starts)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    done = subprocess.run([sys.executable, "-c", PARALLEL_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    again, after_metric, finite = done.stdout.split()
+    assert (again, after_metric, finite) == ("0", "0", "True")

@@ -133,6 +133,10 @@ class Chains:
         self.prepare(state)
         if self._run is None:
             self._run = self._compile()
+        if self.chain_method == "parallel":
+            # one placement for every call: pmap compiles its loop again (minutes for the joint
+            # model) for a state it has sharded itself, and for a state mixing both placements
+            state = jax.device_get(state)
         if self.chain_method != "sequential":
             return self._run(state)
         outs = [self._run(jax.tree.map(lambda x, i=i: x[i], state)) for i in range(self.num_chains)]

@@ -530,6 +530,48 @@ def test_emulator_field_equals_field_from_quadrant(system, data, emulator):
 # The fit driver
 
 
+def test_potential_is_numpyros_initialize_model_without_running_the_model(system, data, emulator):
+    """make_potential builds NumPyro's potential from an abstract trace: the same start point,
+    potential, gradient, transforms and constrained values as ``initialize_model``, which runs
+    the model op by op."""
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer import init_to_value
+    from numpyro.infer.util import initialize_model, transform_fn
+
+    setup = _setup(data, "kinematics", emulator=emulator)
+    truth = truth_values(system, "kinematics")
+    pot = fit_mod.make_potential(data, setup, truth)
+    names = site_names("kinematics")
+    values = {k: jnp.asarray(truth[k]) for k in names}
+    info = initialize_model(jax.random.PRNGKey(0), model, model_args=(data, setup),
+                            init_strategy=init_to_value(values=values))  # fmt: skip
+    z_ref = info.param_info.z
+    assert pot.names == tuple(sorted(z_ref)) == tuple(sorted(names))
+    for k in names:
+        np.testing.assert_array_equal(np.asarray(pot.unravel(jnp.asarray(pot.z0))[k]), z_ref[k])
+    # (compiled here, op by op there: the float32 emulator rounds differently)
+    value, grad = pot.value_and_grad(jnp.asarray(pot.z0))
+    np.testing.assert_allclose(float(value), float(info.param_info.potential_energy), rtol=1e-6)
+    grad_ref = ravel_pytree(info.param_info.z_grad)[0]
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(grad_ref), rtol=1e-4, atol=1e-6)
+    assert float(pot.site_potential(z_ref)) == float(info.potential_fn(z_ref))
+    # a moved point: the transforms (constrained sites) and the deterministic sites agree
+    z1 = {k: v + 0.1 for k, v in z_ref.items()}
+    constrained = transform_fn(pot.transforms, z1)
+    full, full_ref = pot.constrain(z1), info.postprocess_fn(z1)
+    assert set(full) == set(full_ref) and set(constrained) == set(names)
+    for k in full_ref:
+        np.testing.assert_allclose(np.asarray(full[k]), np.asarray(full_ref[k]), rtol=1e-12)
+    for k in names:
+        np.testing.assert_allclose(np.asarray(constrained[k]), np.asarray(full_ref[k]), rtol=1e-12)
+    assert set(pot.boxes) == set(names)
+    lo, hi = setup.priors.inclination_deg
+    assert (float(pot.boxes["inclination_deg"][0]), float(pot.boxes["inclination_deg"][1])) == (
+        lo,
+        hi,
+    )
+
+
 def test_short_fit_writes_outputs_and_restarts_from_its_checkpoints(
     system, data, emulator, tmp_path, monkeypatch
 ):

@@ -66,6 +66,9 @@ class Chains:
         num_chains: number of chains.
         chain_method: ``"parallel"`` (``jax.pmap``, needs ``num_chains`` devices),
             ``"vectorized"`` (``jax.vmap``) or ``"sequential"``.
+        postprocess: unconstrained values -> the draws recorded (default: the kernel's
+            ``postprocess_fn``; give it for a kernel built from a potential, ``NUTS(potential_fn=
+            ...)``, whose own is the identity).
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class Chains:
         length: int,
         num_chains: int = 1,
         chain_method: str = "sequential",
+        postprocess=None,
     ):
         if chain_method not in ("parallel", "vectorized", "sequential"):
             raise ValueError(
@@ -96,6 +100,7 @@ class Chains:
         self.length = length
         self.num_chains = num_chains
         self.chain_method = chain_method
+        self.postprocess = postprocess
         self._run = None
 
     def init(self, rng_key: jax.Array, init_params: dict):
@@ -103,7 +108,9 @@ class Chains:
 
         Args:
             rng_key: a PRNG key (split into one per chain).
-            init_params: unconstrained start values, ``{site: (num_chains, ...)}``.
+            init_params: unconstrained start values, ``{site: (num_chains, ...)}``; or a
+                NumPyro ``ParamInfo`` of them with their potentials ``(num_chains,)`` and
+                gradients (then nothing of the potential is evaluated, or compiled, here).
 
         Returns:
             The kernel state (e.g. ``HMCState``), batched over chains.
@@ -117,9 +124,14 @@ class Chains:
 
     def prepare(self, state) -> None:
         """Make a state that was saved (not produced by :meth:`init` in this process) runnable:
-        the kernel is initialised (its compiled pieces are built) from the state's positions."""
+        the kernel is initialised (its compiled pieces are built) from the state's positions,
+        potentials and gradients."""
+        from numpyro.infer.util import ParamInfo
+
         if getattr(self.kernel, "_sample_fn", None) is None:
-            self.init(jax.random.PRNGKey(0), state.z)
+            self.init(
+                jax.random.PRNGKey(0), ParamInfo(state.z, state.potential_energy, state.z_grad)
+            )
 
     def run(self, state):
         """Advance every chain ``length`` iterations.
@@ -194,7 +206,7 @@ class Chains:
 
     def _compile(self):
         kernel = self.kernel
-        postprocess = kernel.postprocess_fn((), {})
+        postprocess = self.postprocess or kernel.postprocess_fn((), {})
 
         def one_chain(state):
             def body(s, _):

@@ -16,10 +16,12 @@
    computes the lensed source only on the pixels where it matters at the MAP
    (:func:`~skinn_jax.inference.lensing.imaging.source_mask`; ~1.3-2.7x faster per
    evaluation); the mask is kept in ``map.source_mask.npy``.
-3. **Warm-up**: NUTS (``numpyro.infer.NUTS``, dense mass matrix) adapting the step size (and the
-   mass matrix only if ``adapt_mass_matrix``: with short warm-ups, windowed estimates of a dense
-   ~35 x 35 matrix are worse than the Laplace one), run by :class:`~.chains.Chains` (one
-   compiled loop for the warm-up and every sampling chunk). With the Laplace metric and
+3. **Warm-up**: NUTS (``numpyro.infer.NUTS`` on the model's potential, ``Potential.site_potential``,
+   dense mass matrix) adapting the step size (and the mass matrix only if ``adapt_mass_matrix``:
+   with short warm-ups, windowed estimates of a dense ~35 x 35 matrix are worse than the Laplace
+   one), run by :class:`~.chains.Chains` (one compiled loop for the warm-up and every sampling
+   chunk; the chains start with potentials and gradients from the compiled potential, so nothing
+   else is compiled for their start). With the Laplace metric and
    ``refine_metric`` (default), the metric is then corrected from the second half of the
    warm-up draws where they clearly disagree with it (:func:`.metric.corrected_metric`) and the
    step size adapted again over the warm-up's final buffer (:meth:`.chains.Chains.with_metric`).
@@ -59,7 +61,6 @@ import math
 import os
 import pickle
 import time
-from functools import partial
 from pathlib import Path
 
 import jax
@@ -69,7 +70,7 @@ import numpy as np
 from ..convergence import budget_left
 from ..data import SystemData
 from ..lensing.imaging import ImagingModel, source_mask
-from ..model import MODEL_VERSION, ModelSetup, model, site_names, uses_light_shape
+from ..model import MODEL_VERSION, ModelSetup, site_names, uses_light_shape
 from ..predict import lens_at
 from .chains import POSITION, Chains, final_buffer, loop_length
 from .map import MapResult, Potential, find_map, make_potential, parameter_boxes, time_evaluation
@@ -154,11 +155,13 @@ def _mask_source(data, setup, pot: Potential, fit_map: MapResult, settings, out_
     """The set-up with the source computed only where it matters at the MAP
     (:func:`~skinn_jax.inference.lensing.imaging.source_mask`), the mask kept in
     ``map.source_mask.npy`` for a resumed fit: ``(setup, stats)``."""
+    from numpyro.infer.util import transform_fn
+
     path = out_dir / "map.source_mask.npy"
     if path.exists():
         mask = np.load(path)
     else:
-        values = pot.constrain(pot.unravel(jnp.asarray(fit_map.z)))
+        values = transform_fn(pot.transforms, pot.unravel(jnp.asarray(fit_map.z)))
         lens = lens_at(data, setup, values)
         mask = source_mask(setup.imaging, lens, data.imaging.noise_map, settings.source_mask,
                            settings.source_mask_dilation)  # fmt: skip
@@ -209,15 +212,14 @@ def _refine_metric(chains: Chains, pot: Potential, fit_map: MapResult, state, ex
     return state, extra2, stats
 
 
-def _nuts_kernel(
-    data: SystemData, setup: ModelSetup, pot: Potential, cov: np.ndarray, settings: FitSettings
-):
+def _nuts_kernel(pot: Potential, cov: np.ndarray, settings: FitSettings):
     from numpyro.infer import NUTS
 
-    # the data and set-up are bound into the model (no model arguments, as Chains wants)
+    # NumPyro's potential of the model, bound to the data and set-up (no model arguments, as
+    # Chains wants; the chains start with its values and gradients, _initial_params)
     return NUTS(
-        partial(model, data, setup),
-        dense_mass=True,
+        potential_fn=pot.site_potential,
+        dense_mass=[pot.names],
         inverse_mass_matrix={pot.names: jnp.asarray(cov)},
         adapt_mass_matrix=settings.adapt_mass_matrix,
         target_accept_prob=settings.target_accept_prob,
@@ -243,15 +245,31 @@ def _advance(chains: Chains, state, n: int, desc: str, progress: bool):
     return state, samples, extra
 
 
-def _initial_params(pot: Potential, fit_map: MapResult, settings: FitSettings) -> dict:
+def _initial_params(pot: Potential, fit_map: MapResult, settings: FitSettings):
+    """The chains' starts (MAP + ``init_jitter`` x a Laplace draw), with their potentials and
+    gradients from the compiled ``pot.value_and_grad``: a NumPyro ``ParamInfo``, batched over
+    chains (the kernel's initialisation then evaluates nothing)."""
+    from numpyro.infer.util import ParamInfo
+
     rng = np.random.default_rng(settings.seed)
     chol = np.linalg.cholesky(fit_map.covariance)
     starts = [
-        fit_map.z + settings.init_jitter * chol @ rng.standard_normal(fit_map.z.size)
+        jnp.asarray(fit_map.z + settings.init_jitter * chol @ rng.standard_normal(fit_map.z.size))
         for _ in range(settings.num_chains)
     ]
-    unravelled = [pot.unravel(jnp.asarray(s)) for s in starts]
-    return {k: jnp.stack([u[k] for u in unravelled]) for k in unravelled[0]}
+    evaluated = [pot.value_and_grad(s) for s in starts]
+    values = jnp.stack([v for v, _ in evaluated])
+    if not np.all(np.isfinite(np.asarray(values))):
+        raise ValueError(
+            f"the potential at the chains' starts is not finite ({np.asarray(values)}): "
+            "the MAP or its Laplace covariance is outside the prior's support"
+        )
+
+    def stacked(flat):
+        parts = [pot.unravel(x) for x in flat]
+        return {k: jnp.stack([p[k] for p in parts]) for k in parts[0]}
+
+    return ParamInfo(stacked(starts), values, stacked([g for _, g in evaluated]))
 
 
 class OutputExistsError(ValueError):
@@ -341,8 +359,14 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
     if not resuming:
         _log(f"[{setup.mode}] compiling the potential and its gradient ...", quiet)
         t = time.perf_counter()
-        jax.block_until_ready(pot.value_and_grad(jnp.asarray(pot.z0)))
+        value, grad = jax.block_until_ready(pot.value_and_grad(jnp.asarray(pot.z0)))
         timings["compile_potential_s"] = time.perf_counter() - t
+        if not (np.isfinite(value) and np.all(np.isfinite(grad))):
+            raise ValueError(
+                f"the potential at the start values is {float(value)} (gradient finite: "
+                f"{bool(np.all(np.isfinite(grad)))}): start inside the priors' boxes, where the "
+                f"model is defined; start values: { {k: init_values[k] for k in pot.names} }"
+            )
         _log(
             f"  {d} unconstrained parameters, compiled in {timings['compile_potential_s']:.1f} s",
             quiet,
@@ -389,13 +413,14 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
 
     # 3. warm-up
     chain_method = _chain_method(settings)
-    kernel = _nuts_kernel(data, setup, pot, fit_map.covariance, settings)
+    kernel = _nuts_kernel(pot, fit_map.covariance, settings)
     warm_path = out_dir / "warmup_state.pkl"
     chunk_size = math.ceil(settings.num_samples / settings.sample_chunks)
     refine = refines_metric(settings) and final_buffer(settings.num_warmup) > 0
     warm_cycle = math.gcd(settings.num_warmup, final_buffer(settings.num_warmup) if refine else 0)
     length = loop_length(warm_cycle, chunk_size)  # divides the warm-up, its buffer, the chunks
-    chains = Chains(kernel, settings.num_warmup, length, settings.num_chains, chain_method)
+    chains = Chains(kernel, settings.num_warmup, length, settings.num_chains, chain_method,
+                    postprocess=pot.constrain)  # fmt: skip
     show = settings.progress_bar and not quiet
     if warm_path.exists():
         with warm_path.open("rb") as f:

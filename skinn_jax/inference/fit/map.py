@@ -44,6 +44,11 @@ class Potential(NamedTuple):
             units; arrays for vector sites).
         potential: ``z_flat -> potential`` (a JAX function: for optax's line search and the
             exact Hessian).
+        site_potential: ``{site: unconstrained value} -> potential``, NumPyro's
+            ``potential_fn`` (a JAX function: for a kernel built from a potential,
+            ``NUTS(potential_fn=...)``).
+        transforms: ``{site: transform}`` from unconstrained to constrained values of the
+            sampled sites (no deterministic site: nothing of the model is run).
     """
 
     value_and_grad: object
@@ -53,38 +58,80 @@ class Potential(NamedTuple):
     names: tuple[str, ...]
     boxes: dict = {}
     potential: object = None
+    site_potential: object = None
+    transforms: dict = {}
+
+
+def _sample_sites(data: SystemData, setup: ModelSetup, values: dict) -> dict:
+    """The latent sample sites of :func:`model`'s trace at constrained ``values``, traced
+    abstractly: nothing of the model is computed (run op by op, the joint model costs ~20 s).
+    Their values and distributions depend on the priors only; every other site is dropped (its
+    value, or its distribution's parameters, were tracers)."""
+    from numpyro import handlers
+
+    captured = {}
+
+    def run():
+        seeded = handlers.seed(handlers.substitute(model, data=values), jax.random.PRNGKey(0))
+        captured.update(handlers.trace(seeded).get_trace(data, setup))
+        return jnp.zeros(())
+
+    jax.eval_shape(run)
+    sites = {}
+    for name, site in captured.items():
+        if site["type"] != "sample" or site["is_observed"]:
+            continue
+        leaves = jax.tree_util.tree_leaves((site["value"], vars(site["fn"])))
+        if any(isinstance(x, jax.core.Tracer) for x in leaves):
+            raise ValueError(
+                f"sample site {name!r}: its distribution depends on other sites; "
+                "make_potential needs priors fixed by the set-up"
+            )
+        sites[name] = site
+    return sites
 
 
 def make_potential(data: SystemData, setup: ModelSetup, init_values: dict) -> Potential:
-    """NumPyro's potential of :func:`model`, compiled, starting at constrained ``init_values``."""
+    """NumPyro's potential of :func:`model`, compiled lazily, starting at constrained
+    ``init_values``.
+
+    The pieces are NumPyro's own (``potential_energy``, ``constrain_fn``, the transforms
+    ``biject_to`` gives each site's support, the model as ``initialize_model`` prepares it), built
+    from an abstract trace of the model (:func:`_sample_sites`): unlike ``initialize_model``, which
+    runs the model and its gradient op by op, nothing is evaluated until the first call of
+    ``value_and_grad``.
+    """
     from jax.flatten_util import ravel_pytree
-    from numpyro.infer import init_to_value
-    from numpyro.infer.util import initialize_model
+    from numpyro.distributions.transforms import biject_to
+    from numpyro.infer.util import (
+        _prepare_model_for_potential,
+        constrain_fn,
+        potential_energy,
+        transform_fn,
+    )
 
     names = site_names(setup.mode)
     values = {k: jnp.asarray(init_values[k]) for k in names}
-    info = initialize_model(
-        jax.random.PRNGKey(0),
-        model,
-        model_args=(data, setup),
-        init_strategy=init_to_value(values=values),
-        validate_grad=False,
-    )
-    z0, unravel = ravel_pytree(info.param_info.z)
-    potential_fn = info.potential_fn
+    latent = _sample_sites(data, setup, values)
+    transforms = {k: biject_to(s["fn"].support) for k, s in latent.items()}
+    z_init = transform_fn(transforms, {k: s["value"] for k, s in latent.items()}, invert=True)
+    z0, unravel = ravel_pytree(z_init)
+    prepared = _prepare_model_for_potential(model, latent, enum=False)
+    site_potential = partial(potential_energy, prepared, (data, setup), {})
 
     def potential(z):
-        return potential_fn(unravel(z))
+        return site_potential(unravel(z))
 
-    value_and_grad = jax.jit(jax.value_and_grad(potential))
     return Potential(
         potential=potential,
-        value_and_grad=value_and_grad,
+        value_and_grad=jax.jit(jax.value_and_grad(potential)),
         unravel=unravel,
-        constrain=info.postprocess_fn,
+        constrain=partial(constrain_fn, prepared, (data, setup), {}, return_deterministic=True),
         z0=np.asarray(z0),
-        names=tuple(sorted(info.param_info.z)),
-        boxes=boxes_from_trace(info.model_trace),
+        names=tuple(sorted(z_init)),
+        boxes=boxes_from_trace(latent),
+        site_potential=site_potential,
+        transforms=transforms,
     )
 
 

@@ -45,15 +45,21 @@ def timings(output: str) -> dict[str, float]:
     return found
 
 
-def run_once(script: list[str], package_root: Path) -> dict[str, float]:
-    """Run the benchmark with ``skinn_jax`` imported from ``package_root``; its timings."""
+def run_once(script: list[str], package_root: Path) -> tuple[dict[str, float], list[str]]:
+    """Run the benchmark with ``skinn_jax`` imported from ``package_root``: its timings, and its
+    other output lines (e.g. a fit's convergence line)."""
     env = {**os.environ, "PYTHONPATH": str(package_root)}
     done = subprocess.run(
         [sys.executable, *script], cwd=ROOT, env=env, capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
         raise RuntimeError(f"{script[0]} failed under {package_root}:\n{done.stderr[-3000:]}")
-    return timings(done.stdout)
+    lines = done.stdout.splitlines()
+    return timings(done.stdout), [x for x in lines if x.strip() and not TIMING.match(x.strip())]
+
+
+def _ms(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             runs: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
             for i in range(args.rounds):
                 for name, root in (("old", tree), ("new", ROOT)):
-                    runs[name].append(run_once(script, root))
+                    found, other = run_once(script, root)
+                    runs[name].append(found)
                     print(f"round {i + 1}/{args.rounds} {name} done", file=sys.stderr, flush=True)
+                    for line in other:
+                        print(f"  [{name} {i + 1}] {line}", flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT)
     labels = [k for k in runs["new"][0] if all(k in r for r in runs["old"] + runs["new"])]
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     for label in labels:
         old = statistics.median(r[label] for r in runs["old"])
         new = statistics.median(r[label] for r in runs["new"])
-        print(f"| {label} | {old:.3g} | {new:.3g} | {old / new:.2f}x |")
+        print(f"| {label} | {_ms(old)} | {_ms(new)} | {old / new:.2f}x |")
     return 0
 
 

@@ -73,7 +73,7 @@ from ..lensing.imaging import ImagingModel, source_mask
 from ..model import MODEL_VERSION, ModelSetup, site_names, uses_light_shape
 from ..predict import lens_at
 from .chains import POSITION, Chains, final_buffer, loop_length
-from .map import MapResult, Potential, find_map, make_potential, parameter_boxes, time_evaluation
+from .map import MapResult, Potential, find_map, make_potential, parameter_boxes
 from .metric import corrected_metric
 from .report import assess_draws, load_result, reported_names, write_outputs
 from .settings import (
@@ -401,20 +401,20 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
         quiet,
     )
     timings["map_s"] = fit_map.seconds
+    warm_path = out_dir / "warmup_state.pkl"
+    # the chains' starts, evaluated by the potential compiled for the MAP (the masked one below
+    # differs from it by the source's light outside the mask, < 1e-3 σ a pixel: the first warm-up
+    # step sees that energy error, and nothing else is compiled for the starts)
+    starts = None if warm_path.exists() else _initial_params(pot, fit_map, settings)
     if masks_source(settings, setup):  # sampling computes the source only where it matters
         setup, state["source_mask"] = _mask_source(
             data, setup, pot, fit_map, settings, out_dir, quiet
         )
         pot = make_potential(data, setup, init_values)
-    if "eval_s" not in timings:  # (measured once; a resumed fit does not recompile for it)
-        timings["eval_s"] = time_evaluation(pot.value_and_grad, fit_map.z)
-        _save_state(out_dir, state)
-    _log(f"  one potential + gradient evaluation: {timings['eval_s'] * 1e3:.1f} ms", quiet)
 
     # 3. warm-up
     chain_method = _chain_method(settings)
     kernel = _nuts_kernel(pot, fit_map.covariance, settings)
-    warm_path = out_dir / "warmup_state.pkl"
     chunk_size = math.ceil(settings.num_samples / settings.sample_chunks)
     refine = refines_metric(settings) and final_buffer(settings.num_warmup) > 0
     warm_cycle = math.gcd(settings.num_warmup, final_buffer(settings.num_warmup) if refine else 0)
@@ -436,9 +436,7 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
             quiet,
         )
         t = time.perf_counter()
-        warm_state = chains.init(
-            jax.random.PRNGKey(settings.seed), _initial_params(pot, fit_map, settings)
-        )
+        warm_state = chains.init(jax.random.PRNGKey(settings.seed), starts)
         warm_state, _, extra = _advance(chains, warm_state, settings.num_warmup, "warm-up", show)
         num_steps, divergences = (int(np.sum(extra.get(k, 0))) for k in ("num_steps", "diverging"))
         warm_stats = {}
@@ -520,6 +518,13 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
     # 5. outputs
     timings["sampling_s"] = float(sum(float(c["seconds"]) for c in chunks))
     timings["total_this_run_s"] = time.perf_counter() - t_start
+    n_evals = sum(int(np.sum(c["extra/num_steps"])) for c in chunks)
+    _log(
+        f"  sampling: {n_evals} gradient evaluations in {timings['sampling_s']:.0f} s "
+        f"({chain_ms_per_evaluation(timings['sampling_s'], n_evals, settings.num_chains):.1f} ms "
+        f"per evaluation of a chain, {settings.num_chains} chains, {chain_method})",
+        quiet,
+    )
     if stop is None and not verdict.mixed:
         stop = "policy off (converge=False): no extension"
     state["stop"] = stop
@@ -532,6 +537,13 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
     if warm_path.exists():
         warm_path.unlink()
     return result
+
+
+def chain_ms_per_evaluation(seconds: float, evaluations: int, num_chains: int) -> float:
+    """Wall milliseconds a chain spends per potential + gradient evaluation: ``seconds`` of
+    sampling by ``num_chains`` chains that made ``evaluations`` in all (with parallel chains
+    sharing cores, the evaluation's cost on the machine as the fit runs it)."""
+    return 1e3 * seconds * num_chains / max(evaluations, 1)
 
 
 def _kept_draws(n_chunks: int, chunk_size: int, settings: FitSettings) -> int:

@@ -6,7 +6,13 @@
 - :mod:`.report`: the posterior table, convergence verdict, ArviZ data, figures, Markdown.
 """
 
-from .driver import OutputExistsError, fingerprint, fit, prepare_out_dir
+from .driver import (
+    OutputExistsError,
+    chain_ms_per_evaluation,
+    fingerprint,
+    fit,
+    prepare_out_dir,
+)
 from .map import (
     PRIOR_VARIANCE,
     MapResult,
@@ -46,6 +52,7 @@ __all__ = [
     "Potential",
     "assess_draws",
     "cap_variance",
+    "chain_ms_per_evaluation",
     "default_settings",
     "diagnostics",
     "find_map",

@@ -9,10 +9,10 @@ worktree`` of it; 2 idle cores, as the README's figure)::
     python benchmarks/compare_revisions.py --old REV --rounds 1 -- benchmarks/bench_fit_mock.py
 
 Phases: the four of the fit's ``report.json`` (the potential's compilation, the MAP, the warm-up,
-the sampling); ``between phases``: the rest of the fit's own clock (the source mask, the masked
-potential's compilation and timing, the chains' start); ``outside the fit``: start-up, the mock
-system and its JAM truth, the emulator, the model's set-up and potential, and the outputs (the
-posterior files and figures).
+the sampling); ``between phases``: the rest of the fit's own clock (the model's potential, built
+twice, the source mask, the chains' start, the convergence checks); ``outside the fit``:
+start-up, the mock system and its JAM truth, the emulator, the model's set-up, and the outputs
+(the posterior files and figures).
 """
 
 from __future__ import annotations

@@ -518,7 +518,7 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
     # 5. outputs
     timings["sampling_s"] = float(sum(float(c["seconds"]) for c in chunks))
     timings["total_this_run_s"] = time.perf_counter() - t_start
-    n_evals = sum(int(np.sum(c["extra/num_steps"])) for c in chunks)
+    n_evals = int(np.sum(extra["num_steps"]))  # the kept draws', as report.json counts them
     _log(
         f"  sampling: {n_evals} gradient evaluations in {timings['sampling_s']:.0f} s "
         f"({chain_ms_per_evaluation(timings['sampling_s'], n_evals, settings.num_chains):.1f} ms "

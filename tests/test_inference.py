@@ -627,6 +627,10 @@ def test_short_fit_writes_outputs_and_restarts_from_its_checkpoints(
     # kinematics mode reports the distance ratio, not the distances it cannot separate
     assert math.isfinite(result.summary.loc[RATIO, "truth"])
     assert not {"D_dt", "D_d", "log_D_dt", "log_D_d"} & set(result.summary.index)
+    # the chains record the sampled and reported sites, not the χ² terms (predict gives them)
+    recorded = set(result.idata.posterior.data_vars)
+    assert {"theta_E", RATIO, "inclination_deg"} <= recorded
+    assert not {n for n in recorded if n.startswith("chi2_")}
     # a complete fit is loaded, not recomputed; other settings start again
     again = fit_mod.fit(data, setup, out, init_values=truth, settings=settings, quiet=True)
     assert again.report["fingerprint"] == report["fingerprint"]

@@ -21,7 +21,8 @@
    with short warm-ups, windowed estimates of a dense ~35 x 35 matrix are worse than the Laplace
    one), run by :class:`~.chains.Chains` (one compiled loop for the warm-up and every sampling
    chunk; the chains start with potentials and gradients from the compiled potential, so nothing
-   else is compiled for their start). With the Laplace metric and
+   else is compiled for their start; they record the sampled sites and the reported derived
+   ones, :func:`_recorded`). With the Laplace metric and
    ``refine_metric`` (default), the metric is then corrected from the second half of the
    warm-up draws where they clearly disagree with it (:func:`.metric.corrected_metric`) and the
    step size adapted again over the warm-up's final buffer (:meth:`.chains.Chains.with_metric`).
@@ -227,6 +228,20 @@ def _nuts_kernel(pot: Potential, cov: np.ndarray, settings: FitSettings):
     )
 
 
+def _recorded(pot: Potential, mode: str):
+    """What the chains record of a draw: the constrained sampled sites, the derived ones the
+    summary reports and the lens solver's residual. Not the χ² terms, for which every draw would
+    evaluate the whole forward model once more (and the loop compile it: ~6 s for the joint
+    model on 2 cores); :func:`~skinn_jax.inference.predict.predict` (or NumPyro's
+    ``Predictive``) gives them at any draw."""
+    keep = set(reported_names(mode)) | {"lens_eq_residual"}
+
+    def record(z: dict) -> dict:
+        return {k: v for k, v in pot.constrain(z).items() if k in keep}
+
+    return record
+
+
 def _advance(chains: Chains, state, n: int, desc: str, progress: bool):
     """``n`` iterations of every chain (a multiple of ``chains.length``, :func:`loop_length`):
     ``(state, samples, extra)`` with the draws concatenated, NumPy arrays
@@ -420,7 +435,7 @@ def _run(data, setup, out_dir, init_values, truths, settings, state, quiet) -> F
     warm_cycle = math.gcd(settings.num_warmup, final_buffer(settings.num_warmup) if refine else 0)
     length = loop_length(warm_cycle, chunk_size)  # divides the warm-up, its buffer, the chunks
     chains = Chains(kernel, settings.num_warmup, length, settings.num_chains, chain_method,
-                    postprocess=pot.constrain)  # fmt: skip
+                    postprocess=_recorded(pot, setup.mode))  # fmt: skip
     show = settings.progress_bar and not quiet
     if warm_path.exists():
         with warm_path.open("rb") as f:

@@ -536,6 +536,9 @@ def _run_fit_mock(args) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    from skinn_jax.inference.fit import use_compilation_cache
+
+    use_compilation_cache()  # a fit run again loads what it compiled
 
     from skinn_jax.inference.kinematics import PAPER_BOX_EMULATOR, load_emulator
     from skinn_jax.inference.mocks.fit import fit_mock

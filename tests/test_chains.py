@@ -161,3 +161,28 @@ def test_parallel_chains_compile_their_loop_once():
     assert done.returncode == 0, done.stderr[-2000:]
     again, after_metric, finite = done.stdout.split()
     assert (again, after_metric, finite) == ("0", "0", "True")
+
+
+def test_compilation_cache_directory_follows_the_environment(tmp_path, monkeypatch):
+    from skinn_jax.inference.fit.settings import CACHE_ENV, CACHE_MAX_BYTES, use_compilation_cache
+
+    before = jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size
+    try:
+        monkeypatch.setenv(CACHE_ENV, "off")
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax"))
+        assert use_compilation_cache() is None  # off wins over a directory JAX was given
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
+        assert use_compilation_cache() == tmp_path / "mine" and (tmp_path / "mine").is_dir()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
+        assert jax.config.jax_compilation_cache_max_size == CACHE_MAX_BYTES
+        monkeypatch.delenv(CACHE_ENV)
+        assert use_compilation_cache() == tmp_path / "mine"  # the one JAX has now
+        jax.config.update("jax_compilation_cache_dir", None)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        assert use_compilation_cache() == tmp_path / "xdg" / "skinn-jax" / "xla"
+        (tmp_path / "file").write_text("")
+        with pytest.warns(UserWarning, match="no compiled-program cache"):
+            assert use_compilation_cache(tmp_path / "file" / "xla") is None
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_compilation_cache_max_size", before[1])

@@ -789,6 +789,9 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    from .fit import use_compilation_cache
+
+    use_compilation_cache()  # a fit resumed or run again loads what it compiled
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results = run_fits(args)

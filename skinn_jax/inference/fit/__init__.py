@@ -38,7 +38,14 @@ from .report import (
     to_inference_data,
     write_outputs,
 )
-from .settings import FINAL_FILES, STATE_FILE, FitResult, FitSettings, default_settings
+from .settings import (
+    FINAL_FILES,
+    STATE_FILE,
+    FitResult,
+    FitSettings,
+    default_settings,
+    use_compilation_cache,
+)
 
 __all__ = [
     "DERIVED_SUMMARY",
@@ -70,6 +77,7 @@ __all__ = [
     "summary_table",
     "time_evaluation",
     "to_inference_data",
+    "use_compilation_cache",
     "whitened_covariance",
     "write_outputs",
 ]

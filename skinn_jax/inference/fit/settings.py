@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -17,6 +18,54 @@ import numpy as np
 from ..convergence import ConvergencePolicy
 
 STATE_FILE = "fit_state.json"
+
+CACHE_ENV = "SKINN_JAX_CACHE_DIR"
+"""Environment variable naming the directory of the compiled-program cache (``off``: none)."""
+
+CACHE_MAX_BYTES = 2 * 1024**3
+"""Size bound of the compiled-program cache: beyond it the least recently used programs go."""
+
+
+def use_compilation_cache(path: str | Path | None = None) -> Path | None:
+    """Keep the programs XLA compiles on disk, so that a fit run again (resumed after a kill,
+    or with the same inputs) loads them instead of compiling them (the joint model's potential
+    and NUTS loop: ~60 s on 2 CPU cores, ~5 s loaded; ~14 MB).
+
+    JAX's persistent compilation cache (``jax_compilation_cache_dir``; entries are keyed by the
+    program, the compiler options and the JAX version, so a changed model or data set compiles
+    afresh), bounded at :data:`CACHE_MAX_BYTES`. Call it before the first compilation; the
+    command-line fits (``skinn-jax fit-mock``, the study) do.
+
+    Args:
+        path: the cache directory. Default: ``$SKINN_JAX_CACHE_DIR``; else a directory JAX was
+            already given (``JAX_COMPILATION_CACHE_DIR``); else ``$XDG_CACHE_HOME/skinn-jax/xla``
+            (``~/.cache/skinn-jax/xla``). ``SKINN_JAX_CACHE_DIR=off`` turns the cache off.
+
+    Returns:
+        The directory used, or None when the cache is off (or its directory cannot be made:
+        a warning says so).
+
+    Example:
+        >>> use_compilation_cache("/tmp/skinn-jax-xla")  # doctest: +SKIP
+        PosixPath('/tmp/skinn-jax-xla')
+    """
+    if path is None:
+        path = os.environ.get(CACHE_ENV) or jax.config.jax_compilation_cache_dir
+    if path is None:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        path = Path(base) / "skinn-jax" / "xla"
+    if str(path).lower() == "off":
+        return None
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # (an unwritable home): compile as without a cache
+        warnings.warn(f"no compiled-program cache: {err}", stacklevel=2)
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    return path
+
 
 FINAL_FILES = ("posterior.nc", "summary.csv", "summary.md", "corner.png", "fit.png", "report.json")
 

@@ -231,6 +231,9 @@ def fit_task(task: FitTask) -> dict:
     ``task.out_dir``): ``{system, mode, out_dir, convergence, converged, wall_s}``."""
     import jax
 
+    from .fit import use_compilation_cache
+
+    use_compilation_cache()  # on the worker: a resumed fit loads what it compiled
     t0 = time.perf_counter()
     with jax.enable_x64(True):
         report = fit_one(task)["result"].report

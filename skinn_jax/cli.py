@@ -537,8 +537,9 @@ def _run_fit_mock(args) -> int:
 
     jax.config.update("jax_enable_x64", True)
     from skinn_jax.inference.fit import use_compilation_cache
+    from skinn_jax.inference.fit.settings import CACHE_ENV
 
-    use_compilation_cache()  # a fit run again loads what it compiled
+    cache = use_compilation_cache()  # a fit run again loads what it compiled
 
     from skinn_jax.inference.kinematics import PAPER_BOX_EMULATOR, load_emulator
     from skinn_jax.inference.mocks.fit import fit_mock
@@ -551,7 +552,8 @@ def _run_fit_mock(args) -> int:
         f"{settings.num_chains} chains x ({settings.num_warmup} warm-up + {settings.num_samples} "
         f"draws), dense mass matrix "
         f"({'adapted' if settings.adapt_mass_matrix else 'Laplace'}), "
-        f"{jax.local_device_count()} host devices, float64",
+        f"{jax.local_device_count()} host devices, float64; compiled programs "
+        + (f"kept in {cache} (${CACHE_ENV}=off: not kept)" if cache else "not kept"),
         flush=True,
     )
     system = make_mock_system(k, params_source=params_source, test_set=args.test_set)

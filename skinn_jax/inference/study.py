@@ -746,6 +746,30 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def timing_row(k: int, mode: str, fit: dict, policy_line: str) -> dict:
+    """The study's timing-table row of system ``k`` in ``mode`` (``fit``: ``{"result", "wall_s"}``
+    as :func:`run_fits` gives it)."""
+    from .fit import chain_ms_per_evaluation
+
+    report = fit["result"].report
+    timings, evaluations = report["timings_s"], report["evaluations"]
+    return {
+        "system": k,
+        "mode": mode,
+        "wall_s": fit["wall_s"],
+        "fit_s": sum(
+            timings.get(key, 0.0)
+            for key in ("compile_potential_s", "map_s", "warmup_s", "sampling_s")
+        ),
+        "evaluations": evaluations["total"],
+        "chain_ms_per_eval": chain_ms_per_evaluation(
+            timings["sampling_s"], evaluations["sampling"], report["settings"]["num_chains"]
+        ),
+        "converged": report["diagnostics"]["converged"],
+        "policy": policy_line,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     import os
 
@@ -821,26 +845,8 @@ def main(argv: list[str] | None = None) -> int:
                 reweighting.setdefault(mode, {})[k] = reweight(
                     results[k][mode], args.reweight_draws
                 )
-    from .fit.driver import chain_ms_per_evaluation
-
     timings = [
-        {
-            "system": k,
-            "mode": mode,
-            "wall_s": per[mode]["wall_s"],
-            "fit_s": sum(
-                per[mode]["result"].report["timings_s"].get(key, 0.0)
-                for key in ("compile_potential_s", "map_s", "warmup_s", "sampling_s")
-            ),
-            "evaluations": per[mode]["result"].report["evaluations"]["total"],
-            "chain_ms_per_eval": chain_ms_per_evaluation(
-                per[mode]["result"].report["timings_s"]["sampling_s"],
-                per[mode]["result"].report["evaluations"]["sampling"],
-                per[mode]["result"].report["settings"]["num_chains"],
-            ),
-            "converged": per[mode]["result"].report["diagnostics"]["converged"],
-            "policy": verdicts[(k, mode)].line,
-        }
+        timing_row(k, mode, per[mode], verdicts[(k, mode)].line)
         for k, per in results.items()
         for mode in args.modes
         if mode in per

@@ -1,4 +1,4 @@
-"""Emulator speed on this CPU, side by side with the project's jampy generator, in one run.
+"""Emulator speed on this machine (its CPU, or the GPU JAX finds), beside the jampy generator.
 
 * full 551 x 551 map: ``Emulator.vrms_map`` (jitted, one map; and batched with vmap) against
   ``training.jam.jam_quadrant`` + mirroring (the generator's full map), for the same parameters;
@@ -86,7 +86,7 @@ def emulator_timings(emu: Emulator, params: np.ndarray) -> tuple[float, ...]:
 
 def report(args, emu, jam_med, t_map, t_batch, t_at, t_grad, reference: str) -> None:
     lines = [
-        "# Emulator speed (CPU)",
+        f"# Emulator speed ({jax.default_backend().upper()})",
         "",
         f"`python benchmarks/bench_emulator.py --checkpoint {args.checkpoint}` on "
         f"{jax.devices()[0].device_kind} ({len(jax.devices())} device), one run, median wall "

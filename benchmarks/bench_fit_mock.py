@@ -13,12 +13,17 @@ the sampling); ``between phases``: the rest of the fit's own clock (the model's 
 twice, the source mask, the chains' start, the convergence checks); ``outside the fit``:
 start-up, the mock system and its JAM truth, the emulator, the model's set-up, and the outputs
 (the posterior files and figures).
+
+Each run compiles everything, as a first run on a new machine: the persistent compilation cache
+(``SKINN_JAX_CACHE_DIR``) is a fresh directory inside the temporary one, unless ``--cache DIR``
+names one to use (run twice with the same ``DIR`` to time a run that finds its programs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -30,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=("joint", "lensing", "kinematics"), default="joint")
     parser.add_argument("--keep", type=Path, default=None, help="write the fit here (kept)")
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="compilation cache (default: a fresh directory)"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         out = (args.keep or Path(tmp) / "fit").resolve()
@@ -38,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         # (run from the temporary directory: ``-m`` puts the working directory first on the
         # path, which would shadow the revision compare_revisions.py put on PYTHONPATH)
-        done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, check=False)
+        cache = (args.cache or Path(tmp) / "xla").resolve()
+        env = {**os.environ, "SKINN_JAX_CACHE_DIR": str(cache)}
+        done = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - t
         if done.returncode != 0:
             print(done.stdout[-3000:], done.stderr[-3000:], sep="\n", file=sys.stderr)

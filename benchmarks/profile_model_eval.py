@@ -20,9 +20,9 @@ The lensed source is computed inside the mask the fits use (``lensing.imaging.so
 the truth, ``FitSettings.source_mask`` and ``source_mask_dilation``); ``--no-source-mask``:
 over every pixel.
 
-Run: ``python benchmarks/profile_model_eval.py [--system 1] [--repeats 30] [--modes joint ...]
-[--baseline] [--no-source-mask]`` (pin to one core with ``taskset -c 0`` to time what one chain
-of a parallel fit gets).
+Run: ``python benchmarks/profile_model_eval.py [--system 1|builtin] [--repeats 30]
+[--modes joint ...] [--baseline] [--no-source-mask]`` (pin to one core with ``taskset -c 0`` to
+time what one chain of a parallel fit gets).
 """
 
 from __future__ import annotations
@@ -77,7 +77,9 @@ def masked_setup(setup, system, data):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--system", type=int, default=1)
+    parser.add_argument(
+        "--system", default="1", help="study mock system K, or builtin (fit-mock's system)"
+    )
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--modes", nargs="+", default=["joint", "lensing", "kinematics"])
     parser.add_argument("--checkpoint", default="pca64s")
@@ -85,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-source-mask", dest="source_mask", action="store_false")
     args = parser.parse_args(argv)
 
-    system = make_mock_system(args.system)
+    if args.system == "builtin":
+        system = make_mock_system(0, params_source="builtin")
+    else:
+        system = make_mock_system(int(args.system))
     data = SystemData.from_mock(system)
     emulator = load_emulator(args.checkpoint)
     print(f"system {args.system} ({system.params_source}), {jax.devices()[0].platform}")

@@ -15,6 +15,7 @@ from numpyro.infer import NUTS
 
 from skinn_jax.inference.fit.chains import EXTRA_FIELDS, Chains, loop_length
 from skinn_jax.inference.fit.map import _lbfgs_step, compiled_objective, lbfgs
+from skinn_jax.inference.fit.settings import FitSettings, _chain_method
 
 MEAN, SCALE = np.array([1.0, -2.0]), np.array([0.5, 2.0])
 
@@ -72,6 +73,20 @@ def test_chains_refuse_bad_options():
                chain_method="parallel")  # fmt: skip
     with pytest.raises(ValueError, match="length = 0"):
         Chains(NUTS(gaussian), 10, 0)
+
+
+@pytest.mark.parametrize(
+    "backend, devices, chains, expected",
+    [("cpu", 4, 4, "parallel"), ("cpu", 1, 4, "sequential"), ("gpu", 1, 8, "vectorized"),
+     ("gpu", 8, 8, "parallel"), ("gpu", 1, 1, "sequential")],
+)  # fmt: skip
+def test_auto_chain_method_vectorises_on_one_accelerator(
+    monkeypatch, backend, devices, chains, expected
+):
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(jax, "local_device_count", lambda: devices)
+    assert _chain_method(FitSettings(num_chains=chains)) == expected
+    assert _chain_method(FitSettings(num_chains=chains, chain_method="sequential")) == "sequential"
 
 
 @pytest.mark.parametrize("warmup, chunk, expected", [(150, 300, 25), (8, 6, 2), (7, 300, 1)])

@@ -42,13 +42,21 @@ def _residual(u, x):
     return jnp.stack([u[0] ** 3 - x[0], jnp.exp(u[1]) - x[1]])
 
 
-def test_newton_solves_and_is_differentiable_through_its_iterations():
+def test_newton_solves_and_its_derivatives_are_the_implicit_ones():
     x = jnp.array([8.0, 3.0])
-    u = newton(lambda u: _residual(u, x), jnp.array([1.5, 0.5]), 12)
-    np.testing.assert_allclose(np.asarray(u), [2.0, np.log(3.0)], rtol=1e-12)
-    # the derivative of the converged iteration is the implicit derivative
-    du = jax.jacfwd(lambda x: newton(lambda u: _residual(u, x), jnp.array([1.5, 0.5]), 12))(x)
-    np.testing.assert_allclose(np.asarray(du), np.diag([1 / (3 * 2.0**2), 1 / 3.0]), rtol=1e-10)
+
+    def root(x):
+        return newton(lambda u: _residual(u, x), jnp.array([1.5, 0.5]), 12)
+
+    np.testing.assert_allclose(np.asarray(root(x)), [2.0, np.log(3.0)], rtol=1e-12)
+    # u = (x0^(1/3), log x1): first derivatives in both modes, and second derivatives
+    first = np.diag([1 / (3 * 2.0**2), 1 / 3.0])
+    np.testing.assert_allclose(np.asarray(jax.jacfwd(root)(x)), first, rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(jax.jacrev(root)(x)), first, rtol=1e-10)
+    hess = np.asarray(jax.hessian(root)(x))
+    assert hess[0, 0, 0] == pytest.approx(-2 / 9 * 8.0 ** (-5 / 3), rel=1e-10)
+    assert hess[1, 1, 1] == pytest.approx(-1 / 9, rel=1e-10)
+    assert np.abs(hess[0, 1]).max() == 0 and np.abs(hess[1, 0]).max() == 0
 
 
 def test_damped_newton_reaches_a_far_root_and_reports_failure():

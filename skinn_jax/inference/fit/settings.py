@@ -80,7 +80,8 @@ class FitSettings:
         num_chains: number of chains (4: R-hat compares them; chains stuck in separate modes
             show up as a multimodality between chains).
         chain_method: ``"parallel"`` (one host device per chain), ``"sequential"``,
-            ``"vectorized"`` or ``"auto"`` (parallel if there are enough devices).
+            ``"vectorized"`` or ``"auto"``: parallel if there are enough devices, vectorized on
+            a single accelerator (a GPU runs the chains as one batch), else sequential.
         sample_chunks: sampling is split into this many checkpointed chunks (one compiled
             loop serves them all, :class:`~skinn_jax.inference.fit.chains.Chains`).
         map_max_steps: L-BFGS iterations at most.
@@ -258,11 +259,13 @@ def _json_default(obj):
 
 
 def _chain_method(settings: FitSettings) -> str:
-    if settings.chain_method != "auto":
-        return settings.chain_method
-    if settings.num_chains > 1 and jax.local_device_count() >= settings.num_chains:
+    """The chain method ``settings.chain_method`` stands for on this machine (``"auto"``
+    resolved: see :class:`FitSettings`)."""
+    if settings.chain_method != "auto" or settings.num_chains == 1:
+        return "sequential" if settings.chain_method == "auto" else settings.chain_method
+    if jax.local_device_count() >= settings.num_chains:
         return "parallel"
-    return "sequential"
+    return "vectorized" if jax.default_backend() != "cpu" else "sequential"
 
 
 def _load_state(out_dir: Path) -> dict:

@@ -429,8 +429,7 @@ class ImagingModel:
 
         Each start converges (quadratically) to the image whose basin it lies in; from positions
         measured on the data (~0.01-0.05″ off) 8 iterations reach ~1e-12″. Fixed iteration count:
-        jit-safe, and differentiable (the derivative of the converged iteration is the implicit
-        derivative ``dθ/dp = -A⁻¹ ∂β/∂p``).
+        jit-safe; differentiated implicitly, ``dθ/dp = -A⁻¹ ∂β/∂p`` (:func:`newton`).
 
         Args:
             p: lens parameters (``ps_x, ps_y`` are ignored).

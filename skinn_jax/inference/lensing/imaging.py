@@ -592,8 +592,24 @@ class Images(NamedTuple):
 
 
 @partial(jax.jit, static_argnums=0)
-def _ray_shoot(model: ImagingModel, p: LensParams, x: Array, y: Array):
+def ray_shoot(model: ImagingModel, p: LensParams, x: Array, y: Array) -> tuple[Array, Array]:
+    """Source-plane positions ``β(θ)`` (arcsec) of image-plane points ``(x, y)`` (one program)."""
     return model.mass_model.ray_shooting(x, y, model.kwargs_lens(p))
+
+
+@partial(jax.jit, static_argnums=0)
+def _image_properties(model: ImagingModel, p: LensParams, x: Array, y: Array, beta: Array):
+    """Lensing Hessian ``(fxx, fxy, fyy)`` and Fermat potential at image-plane points."""
+    kw = model.kwargs_lens(p)
+    fxx, fxy, _, fyy = model.mass_model.hessian(x, y, kw)
+    return fxx, fxy, fyy, model.mass_model.fermat_potential(x, y, kw, beta[0], beta[1])
+
+
+@partial(jax.jit, static_argnums=0)
+def render(model: ImagingModel, p: LensParams) -> tuple[Array, Array]:
+    """``(model_image(p), point_sources_only(p))`` as one compiled program (for mocks and
+    figures: the methods run op by op, each primitive compiled on its own at a first call)."""
+    return model.model_image(p), model.point_sources_only(p)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -636,11 +652,10 @@ def solve_lens_equation(
     enabled (``jax.enable_x64``).
     """
     half_width = model.settings.half_width if half_width is None else half_width
-    kw = model.kwargs_lens(p)
     beta = np.array([float(p.src_x), float(p.src_y)])
     coords = np.arange(-half_width, half_width + step / 2, step)
     gx, gy = np.meshgrid(coords, coords)
-    bx, by = (np.asarray(a) for a in _ray_shoot(model, p, jnp.asarray(gx), jnp.asarray(gy)))
+    bx, by = (np.asarray(a) for a in ray_shoot(model, p, jnp.asarray(gx), jnp.asarray(gy)))
     is_min = grid_local_minima(np.hypot(bx - beta[0], by - beta[1]))
     starts = np.stack([gx[is_min], gy[is_min]], axis=-1)
 
@@ -658,9 +673,10 @@ def solve_lens_equation(
     if not roots:
         return Images(*(np.zeros(0) for _ in range(4)), np.zeros(0, dtype="<U6"))
     xs, ys = np.array([r[0] for r in roots]), np.array([r[1] for r in roots])
-    fxx, fxy, _, fyy = (np.asarray(a) for a in model.mass_model.hessian(xs, ys, kw))
+    fxx, fxy, fyy, fermat = (
+        np.asarray(a) for a in _image_properties(model, p, xs, ys, jnp.asarray(beta))
+    )
     a11, a22, a12 = 1 - fxx, 1 - fyy, -fxy
     det = a11 * a22 - a12**2
     kind = np.where(det < 0, "saddle", np.where(a11 + a22 > 0, "min", "max"))
-    fermat = np.asarray(model.mass_model.fermat_potential(xs, ys, kw, beta[0], beta[1]))
     return Images(xs, ys, 1.0 / det, fermat, kind)

@@ -61,6 +61,12 @@ from skinn_jax.params import sample_params, validate_params
 from skinn_jax.profiles import SersicLight, sersic_total_flux
 from skinn_jax.training.jam import DEFAULT_SETTINGS, JamSettings, jam_vrms
 
+# one compiled program each (op by op, each primitive would be compiled on its own), the forward
+# model's tables constants in it
+_convolved_light_image = jax.jit(convolved_light_image, static_argnums=0)
+_lens_light = jax.jit(lens_light, static_argnums=0)
+_binned_vrms_from_fields = jax.jit(binned_vrms_from_fields, static_argnums=0)
+
 
 @dataclass(frozen=True)
 class MockSettings:
@@ -172,7 +178,7 @@ def light_image(
     """
     q_light, r_sersic, n_sersic = (float(params[i]) for i in (3, 4, 5))
     with jax.enable_x64(True):
-        mean_sb = np.asarray(convolved_light_image(model, jnp.asarray(params), sky))
+        mean_sb = np.asarray(_convolved_light_image(model, jnp.asarray(params), sky))
         flux = float(sersic_total_flux(r_sersic, n_sersic, q_light))  # arcsec²
     total_cps = 10.0 ** (-0.4 * (settings.magnitude - settings.zero_point))
     amplitude = total_cps / flux  # cps / arcsec²
@@ -225,7 +231,7 @@ def jam_truth_bins(
     with jax.enable_x64(True):
         x_gal, y_gal = (np.asarray(a) for a in galaxy_frame_points(model, sky))
         if light is None:
-            brightness = lens_light(
+            brightness = _lens_light(
                 model, jnp.asarray(params), sky, jnp.asarray(x_gal), jnp.asarray(y_gal)
             )
         else:
@@ -235,7 +241,7 @@ def jam_truth_bins(
         vrms[needed] = jam_vrms(
             params, x_gal[needed], y_gal[needed], distances, settings, light=light
         )
-        return np.asarray(binned_vrms_from_fields(model, brightness, jnp.asarray(vrms), sky))
+        return np.asarray(_binned_vrms_from_fields(model, brightness, jnp.asarray(vrms), sky))
 
 
 def make_mock_kinematics(

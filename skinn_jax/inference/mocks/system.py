@@ -73,6 +73,8 @@ from ..lensing.imaging import (
     ImagingSettings,
     LensParams,
     grid_local_minima,
+    ray_shoot,
+    render,
     solve_lens_equation,
 )
 from ..lensing.profiles import flux_from_magnitude
@@ -391,9 +393,7 @@ class _QuadSolver:
         half = model.settings.half_width
         coords = np.arange(-half, half + step / 2, step)
         gx, gy = np.meshgrid(coords, coords)
-        bx, by = model.mass_model.ray_shooting(
-            jnp.asarray(gx), jnp.asarray(gy), model.kwargs_lens(lens)
-        )
+        bx, by = ray_shoot(model, lens, jnp.asarray(gx), jnp.asarray(gy))
         self.bx, self.by = np.asarray(bx), np.asarray(by)
 
     def maybe_quad(self, sx: float, sy: float) -> bool:
@@ -477,8 +477,7 @@ def make_mock_system(
             ps_amp=amps[:4],
             ps_central_amp=float(amps[4]),
         )
-        image_true = np.asarray(model.model_image(lens))
-        quasar = np.asarray(model.point_sources_only(lens))
+        image_true, quasar = (np.asarray(a) for a in render(model, lens))
         noise_map = np.sqrt(np.asarray(model.noise_variance(image_true, quasar)))
         image = image_true + noise_map * rng.standard_normal(image_true.shape)
 

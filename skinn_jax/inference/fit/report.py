@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from ..convergence import Verdict, assess, ess, rhat
 from ..data import SystemData
 from ..model import PAPER_PARAMETERS, RATIO, ModelSetup, site_names
-from ..predict import predict
+from ..predict import Prediction, predict
 from .settings import (
     FitResult,
     FitSettings,
@@ -308,14 +309,22 @@ def _panels(fig, ax, ext, data_img, model_img, residual, limit, stretch, titles)
     return im
 
 
-def plot_fit(data: SystemData, setup: ModelSetup, values: dict, path: Path, title: str = ""):
-    """Data, model and normalised residuals (imaging and kinematics) at ``values``."""
+def plot_fit(
+    data: SystemData,
+    setup: ModelSetup,
+    values: dict,
+    path: Path,
+    title: str = "",
+    pred: Prediction | None = None,
+) -> Prediction:
+    """Data, model and normalised residuals (imaging and kinematics) at ``values``; returns the
+    model's :class:`~skinn_jax.inference.predict.Prediction` there (``pred``: already made)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pred = predict(data, setup, values)
+    pred = predict(data, setup, values) if pred is None else pred
     rows = []
     if pred.image is not None:
         rows.append("imaging")
@@ -447,15 +456,20 @@ def write_outputs(
         + ("converged" if diag["converged"] else "NOT CONVERGED")
     ).strip()
 
-    tmp_nc = out_dir / "posterior.tmp.nc"
-    idata.to_netcdf(str(tmp_nc))
-    tmp_csv = out_dir / "summary.tmp.csv"
-    table.to_csv(tmp_csv)
-    tmp_corner = out_dir / "corner.tmp.png"
-    plot_corner(samples, truths, setup.mode, tmp_corner, title)
-    tmp_fit = out_dir / "fit.tmp.png"
+    # the prediction at the best draw (a compiled trace of the model, seconds) in a thread while
+    # the posterior is written and the corner plot drawn (XLA compiles without the GIL)
     best = _best_sample(samples, extra, site_names(setup.mode))
-    pred = plot_fit(data, setup, best, tmp_fit, title + " (highest-posterior draw)")
+    with ThreadPoolExecutor(1) as pool:
+        prediction = pool.submit(predict, data, setup, best)
+        tmp_nc = out_dir / "posterior.tmp.nc"
+        idata.to_netcdf(str(tmp_nc))
+        tmp_csv = out_dir / "summary.tmp.csv"
+        table.to_csv(tmp_csv)
+        tmp_corner = out_dir / "corner.tmp.png"
+        plot_corner(samples, truths, setup.mode, tmp_corner, title)
+        pred = prediction.result()
+    tmp_fit = out_dir / "fit.tmp.png"
+    plot_fit(data, setup, best, tmp_fit, title + " (highest-posterior draw)", pred)
     report["best_draw_chi2"] = pred.chi2
     _atomic_write_text(out_dir / "summary.md", _markdown_table(table, report))
     _atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1, default=_json_default))

@@ -457,10 +457,18 @@ def write_outputs(
     ).strip()
 
     # the prediction at the best draw (a compiled trace of the model, seconds) in a thread while
-    # the posterior is written and the corner plot drawn (XLA compiles without the GIL)
+    # the posterior is written and the corner plot drawn (XLA compiles without the GIL); the
+    # thread gets this one's float64 setting (`jax.enable_x64` is a thread-local context)
+    import jax
+
     best = _best_sample(samples, extra, site_names(setup.mode))
+
+    def predict_here(x64: bool = bool(jax.config.jax_enable_x64)):
+        with jax.enable_x64(x64):
+            return predict(data, setup, best)
+
     with ThreadPoolExecutor(1) as pool:
-        prediction = pool.submit(predict, data, setup, best)
+        prediction = pool.submit(predict_here)
         tmp_nc = out_dir / "posterior.tmp.nc"
         idata.to_netcdf(str(tmp_nc))
         tmp_csv = out_dir / "summary.tmp.csv"

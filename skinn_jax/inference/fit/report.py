@@ -462,8 +462,9 @@ def write_outputs(
     import jax
 
     best = _best_sample(samples, extra, site_names(setup.mode))
+    x64 = bool(jax.config.jax_enable_x64)
 
-    def predict_here(x64: bool = bool(jax.config.jax_enable_x64)):
+    def predict_here():
         with jax.enable_x64(x64):
             return predict(data, setup, best)
 

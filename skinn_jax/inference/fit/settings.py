@@ -261,8 +261,10 @@ def _json_default(obj):
 def _chain_method(settings: FitSettings) -> str:
     """The chain method ``settings.chain_method`` stands for on this machine (``"auto"``
     resolved: see :class:`FitSettings`)."""
-    if settings.chain_method != "auto" or settings.num_chains == 1:
-        return "sequential" if settings.chain_method == "auto" else settings.chain_method
+    if settings.chain_method != "auto":
+        return settings.chain_method
+    if settings.num_chains == 1:
+        return "sequential"
     if jax.local_device_count() >= settings.num_chains:
         return "parallel"
     return "vectorized" if jax.default_backend() != "cpu" else "sequential"

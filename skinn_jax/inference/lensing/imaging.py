@@ -607,8 +607,8 @@ def _image_properties(model: ImagingModel, p: LensParams, x: Array, y: Array, be
 
 @partial(jax.jit, static_argnums=0)
 def render(model: ImagingModel, p: LensParams) -> tuple[Array, Array]:
-    """``(model_image(p), point_sources_only(p))`` as one compiled program (for mocks and
-    figures: the methods run op by op, each primitive compiled on its own at a first call)."""
+    """``(model_image(p), point_sources_only(p))`` as one compiled program (the mocks' image:
+    the methods run op by op, each primitive compiled on its own at a first call)."""
     return model.model_image(p), model.point_sources_only(p)
 
 
